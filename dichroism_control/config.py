@@ -27,7 +27,13 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 # The shipped config.yml uses these so it validates; commands that reach Globus refuse them.
 PLACEHOLDER_PREFIX = "00000000-0000-0000-0000-"
 FLOW_NAMES = ("new_file", "archive", "prune")
-FUNCTION_NAMES = ("scicat_ingest", "scicat_add_location", "hpss_archive", "hpss_verify", "cfs_verify")
+FUNCTION_NAMES = (
+    "scicat_ingest",
+    "scicat_add_location",
+    "hpss_archive",
+    "hpss_verify",
+    "cfs_verify",
+)
 _PRINCIPAL_RE = re.compile(r"^urn:globus:(auth:identity|groups:id):[0-9a-fA-F-]{36}$")
 _SPECIAL_PRINCIPALS = {"public", "all_authenticated_users"}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -25,3 +25,19 @@ class BackendError(DichroismError):
     """The backend (Globus or local) refused or failed an operation."""
 
     exit_code = 1
+
+
+class TransientBackendError(BackendError):
+    """Worth retrying later: 429, 5xx, connection errors. `retry_after` honours Retry-After."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentBackendError(BackendError):
+    """Retrying the same request will not help (400 bad input, 403 consent, 404)."""
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status

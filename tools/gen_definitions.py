@@ -361,7 +361,15 @@ prune = {
     ),
 }
 
+def wrapped(schema: dict) -> dict:
+    # The run body is the initial run state; like gladier and the Globus tutorials we keep the
+    # user's document under "input" so step results ($.transfer, $.error, ...) never collide
+    # with it.
+    return obj({"input": schema})
+
+
 if __name__ == "__main__":
     out = Path(__file__).resolve().parent.parent / "flow_definitions"
     for name, doc in (("new_file", new_file), ("archive", archive), ("prune", prune)):
+        doc = {**doc, "input_schema": wrapped(doc["input_schema"])}
         (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""The `dichroism` command line: one module per command group, thin bodies."""

@@ -1,0 +1,59 @@
+"""Per-invocation state shared by the commands: config path, backend choice, output format.
+
+Everything is loaded on first use so `dichroism --help` imports none of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dichroism_control.output import Format, emit
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from dichroism_control.backend import Backend
+    from dichroism_control.config import Config
+    from dichroism_control.deploy_state import Deployment
+    from dichroism_control.ledger import Ledger
+
+
+@dataclass
+class Context:
+    config_path: Path | None = None
+    backend_override: str | None = None
+    fmt: Format = "text"
+    _config: Config | None = field(default=None, repr=False)
+    _ledger: Ledger | None = field(default=None, repr=False)
+
+    def config(self) -> Config:
+        if self._config is None:
+            from dichroism_control.config import load_config
+
+            config = load_config(self.config_path)
+            if self.backend_override and self.backend_override != config.backend:
+                config = config.model_copy(update={"backend": self.backend_override})
+            self._config = config
+        return self._config
+
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            from dichroism_control.ledger import Ledger
+
+            self._ledger = Ledger(self.config().ledger_path)
+        return self._ledger
+
+    def deployment(self) -> Deployment:
+        from dichroism_control.deploy_state import Deployment
+
+        return Deployment.resolve(self.config())
+
+    def backend(self, *, timer_flows: list[str] | None = None) -> Backend:
+        from dichroism_control.backend import build_backend
+
+        return build_backend(self.config(), timer_flow_ids=timer_flows)
+
+    def emit(self, data: Any, text: Callable[[Any], str] | None = None) -> None:
+        emit(data, fmt=self.fmt, text=text)

@@ -1,0 +1,9 @@
+"""`dichroism run_local` (being written)."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    del app

@@ -1,0 +1,1 @@
+"""Local backend: run flow definitions on this machine (engine, providers, fake HPSS)."""
