@@ -1,0 +1,1 @@
+"""Globus Compute functions (run at NERSC; each is self-contained and registered from source)."""
