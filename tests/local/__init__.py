@@ -1,0 +1,1 @@
+"""Tests for the local Globus Flows interpreter (engine, expressions, JSONPath)."""
