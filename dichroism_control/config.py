@@ -201,6 +201,9 @@ class Lifecycle(Strict):
     max_attempts: int = Field(default=3, ge=1)
     # "days" in production; the local demo uses "seconds" so prunes fire while you watch.
     retention_unit: Literal["days", "seconds"] = "days"
+    # Prune batches normally close when their UTC day ends; with retention 0 or in seconds
+    # mode they close once no scan has joined them for this long (see lifecycle.py).
+    prune_batch_quiet_seconds: float = Field(default=60.0, ge=0)
     archive: Archive = Archive()
 
 

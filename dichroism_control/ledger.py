@@ -97,6 +97,19 @@ CREATE TABLE IF NOT EXISTS prune_timers (
     updated_at REAL NOT NULL
 );
 
+-- One row per finished-but-unsuccessful run the lifecycle loop has handled. Keyed by run id
+-- so handling the same failure twice (a crash mid-pass, two passes) never counts it twice;
+-- the number of rows per subject is the number of failed attempts.
+CREATE TABLE IF NOT EXISTS run_failures (
+    run_id TEXT PRIMARY KEY,
+    flow TEXT NOT NULL,                 -- new_file, archive, prune
+    subject TEXT NOT NULL,              -- scan:<id>, group:<id>, batch:<key>
+    status TEXT NOT NULL,               -- FAILED or ENDED
+    reason TEXT NOT NULL,
+    failed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS run_failures_subject ON run_failures(subject);
+
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 

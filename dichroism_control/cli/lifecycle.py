@@ -1,9 +1,81 @@
-"""`dichroism lifecycle` (being written)."""
+"""`dichroism lifecycle [--once]`: follow runs, start archive runs, schedule prune timers.
+
+`dichroism watch` runs the same loop beside the watcher; this command is for running it on
+its own (a cron job, a manual nudge, tests). Without `--once` it passes every
+`lifecycle.poll_seconds` until SIGINT / SIGTERM, finishing the pass in progress first.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from dichroism_control.cli.context import Context
 
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.command("lifecycle")(lifecycle)
+
+
+def lifecycle(
+    ctx: typer.Context,
+    once: Annotated[
+        bool, typer.Option("--once", help="One pass, print what it did, and exit.")
+    ] = False,
+) -> None:
+    """Follow runs, archive quiet groups to tape, schedule prune timers."""
+    import logging
+    import signal
+    import threading
+
+    from dichroism_control.lifecycle import Lifecycle
+
+    state: Context = ctx.obj
+    config = state.config()
+    deployment = state.deployment()
+    # Every flow a timer may run must be in the Timers consent before the first Timers call.
+    backend = state.backend(timer_flows=[deployment.flow_id("prune")])
+    loop = Lifecycle(config, state.ledger(), backend, deployment)
+    if once:
+        state.emit(loop.run_once(), text=_text)
+        return
+
+    log = logging.getLogger("dichroism_control.lifecycle")
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        del frame
+        log.info("signal %d: stopping after the current pass", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    totals: dict[str, int] = {}
+    passes = 0
+
+    def on_pass(summary: dict[str, Any]) -> None:
+        nonlocal passes
+        passes += 1
+        for key, value in summary.items():
+            if isinstance(value, int):
+                totals[key] = totals.get(key, 0) + value
+        for error in summary.get("errors", []):
+            log.warning("%s", error)
+        log.info("lifecycle pass: %s", _text(summary) or "nothing to do")
+
+    try:
+        loop.run_forever(stop.wait, on_pass)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    state.emit({"passes": passes, **dict(sorted(totals.items()))}, text=_text)
+
+
+def _text(summary: dict[str, Any]) -> str:
+    if "skipped" in summary:
+        return f"skipped: {summary['skipped']}"
+    parts = [f"{key}={value}" for key, value in summary.items() if isinstance(value, int)]
+    lines = [", ".join(parts) if parts else "nothing to do"]
+    lines.extend(f"error: {e}" for e in summary.get("errors", []))
+    return "\n".join(lines)

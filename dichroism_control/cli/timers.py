@@ -1,9 +1,89 @@
-"""`dichroism timers` (being written)."""
+"""`dichroism timers list|cancel ID`: the prune timers, as the ledger and Timers see them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from dichroism_control.backend import Backend
+    from dichroism_control.cli.context import Context
+
+timers_app = typer.Typer(
+    help="Prune timers: list them, or cancel one (its files are rescheduled, never dropped).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.add_typer(timers_app, name="timers")
+
+
+def _backend(state: Context) -> Backend:
+    from dichroism_control.errors import ConfigError
+
+    # Ask for the prune flow's Timers consent even to list: a Timers token stored without it
+    # would make the next create_timer fail with ConsentRequired (GLOBUS_NOTES).
+    try:
+        flows = [state.deployment().flow_id("prune")]
+    except ConfigError:
+        flows = []
+    return state.backend(timer_flows=flows)
+
+
+@timers_app.command("list")
+def list_timers(
+    ctx: typer.Context,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also succeeded and cancelled batches.")
+    ] = False,
+) -> None:
+    """Prune timers: id, name, next run, files, state (ledger batches + Timers' own list)."""
+    from dichroism_control import lifecycle
+
+    state: Context = ctx.obj
+    result = lifecycle.list_timers(state.ledger(), _backend(state), include_done=show_all)
+    state.emit(result, text=_list_text)
+
+
+@timers_app.command("cancel")
+def cancel(
+    ctx: typer.Context,
+    timer_id: Annotated[str, typer.Argument(help="Timer id (or prune batch key).")],
+) -> None:
+    """Delete a timer. Its batch is marked cancelled and its files are rebatched next pass."""
+    from dichroism_control import lifecycle
+
+    state: Context = ctx.obj
+    result = lifecycle.cancel_timer(state.ledger(), _backend(state), timer_id)
+    state.emit(result, text=_cancel_text)
+
+
+def _list_text(result: dict[str, Any]) -> str:
+    from dichroism_control.output import table
+
+    rows = [
+        (t["id"] or "-", t["name"] or "-", t["next_run"] or "-", t["files"] or "-", t["state"])
+        for t in result["timers"]
+    ]
+    lines = [table(rows, ("ID", "NAME", "NEXT RUN", "FILES", "STATE"))] if rows else ["no timers"]
+    lines.extend(
+        f"{t['name']}: {t['last_error']}"
+        for t in result["timers"]
+        if t["last_error"] and t["state"] in ("failed", "scheduling")
+    )
+    if result.get("remote_error"):
+        lines.append(f"warning: Timers not reachable, ledger view only ({result['remote_error']})")
+    return "\n".join(lines)
+
+
+def _cancel_text(result: dict[str, Any]) -> str:
+    if result["batch"] is None:
+        return f"deleted timer {result['id']}"
+    deleted = f"deleted timer {result['id']}" if result["deleted"] else "no timer to delete"
+    return (
+        f"{deleted}; batch {result['batch']} cancelled, {result['released_files']} file(s) "
+        "will be rebatched on the next lifecycle pass"
+    )

@@ -1,0 +1,147 @@
+"""Fixtures for the lifecycle tests: a ledger, a FakeBackend, a settable clock, scan helpers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dichroism_control.backend import RunRequest
+from dichroism_control.config import Config, load_config
+from dichroism_control.deploy_state import Deployment
+from dichroism_control.ledger import Ledger
+from dichroism_control.lifecycle import Lifecycle
+from tests.fakes import FakeBackend
+
+FLOWS = {
+    "new_file": "5f1e0000-0000-4000-8000-00000000f001",
+    "archive": "5f1e0000-0000-4000-8000-00000000f002",
+    "prune": "5f1e0000-0000-4000-8000-00000000f003",
+}
+FUNCTIONS = {
+    name: f"5f1e0000-0000-4000-8000-0000000fc00{i}"
+    for i, name in enumerate(
+        ["scicat_ingest", "scicat_add_location", "hpss_archive", "hpss_verify", "cfs_verify"]
+    )
+}
+# 2026-03-01 10:00:00 UTC: mid-morning, so a pass "later today" stays on the same UTC day.
+T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC).timestamp()
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class World:
+    """One ledger + fake backend + clock, with helpers to put scans through their states."""
+
+    def __init__(self, config: Config, backend: FakeBackend | None = None) -> None:
+        self.config = config
+        self.ledger = Ledger(config.ledger_path)
+        self.backend = backend or FakeBackend()
+        self.deployment = Deployment(dict(FLOWS), dict(FUNCTIONS))
+        self.clock = Clock()
+
+    def lifecycle(self, **kwargs: Any) -> Lifecycle:
+        kwargs.setdefault("launcher_available", True)
+        return Lifecycle(
+            self.config, self.ledger, self.backend, self.deployment, clock=self.clock, **kwargs
+        )
+
+    def submitted(self, items: list[tuple[str, str, int]]) -> dict[str, int]:
+        """Scans (beamline, rel, size) in state 'submitted' with a live new_file run each.
+
+        Returns {run_id: scan_id}. Inserted in one transaction: 5 000 scans stay fast.
+        """
+        out: dict[str, int] = {}
+        with self.ledger.transaction() as conn:
+            for beamline, rel, size in items:
+                run = self.backend.run_flow(
+                    RunRequest(
+                        flow_id=FLOWS["new_file"],
+                        body={},
+                        label=f"{beamline} {rel}",
+                        tags=["dichroism", beamline, "new_file"],
+                    )
+                )
+                root = self.config.beamlines[beamline].watch.root
+                cursor = conn.execute(
+                    "INSERT INTO scans (beamline, path, rel, size, mtime, state, run_id, label,"
+                    " attempts, submit_started_at, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, 0, 'submitted', ?, ?, 1, ?, ?, ?)",
+                    (
+                        beamline,
+                        f"{root}/{rel}",
+                        rel,
+                        size,
+                        run["run_id"],
+                        f"{beamline} {rel}",
+                        self.clock.now,
+                        self.clock.now,
+                        self.clock.now,
+                    ),
+                )
+                out[run["run_id"]] = int(cursor.lastrowid or 0)
+        return out
+
+    def finish(self, run_ids: Any, status: str = "SUCCEEDED", **output: Any) -> None:
+        for run_id in run_ids:
+            self.backend.finish(run_id, status, output or None)
+
+    def runs_of(self, flow: str, status: str | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self.backend.runs.values()
+            if r["flow_id"] == FLOWS[flow] and (status is None or r["status"] == status)
+        ]
+
+    def fire_timers(self) -> list[str]:
+        """Start the prune run of every timer that is due (what Timers would do)."""
+        started = []
+        for _job_id, timer in list(self.backend.timers.items()):
+            if timer.get("fired"):
+                continue
+            due = datetime.fromisoformat(timer["next_run"]).timestamp()
+            if due <= self.clock.now:
+                _name, _, request = next(
+                    t for t in self.backend.timer_requests if t[0] == timer["name"]
+                )
+                run = self.backend.run_flow(request)
+                timer["fired"] = True
+                started.append(run["run_id"])
+        return started
+
+    def scans(self, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.ledger.query(f"SELECT * FROM scans WHERE {where}", params)]
+
+    def batches(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.ledger.query("SELECT * FROM prune_timers ORDER BY batch")]
+
+
+@pytest.fixture
+def make_world(write_config: Callable[..., Path]) -> Callable[..., World]:
+    def make(
+        mutate: Callable[[dict[str, Any]], None] | None = None,
+        backend: FakeBackend | None = None,
+    ) -> World:
+        return World(load_config(write_config(mutate)), backend)
+
+    return make
+
+
+@pytest.fixture
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
