@@ -12,6 +12,7 @@ No API host appears here: the SDK reads `GLOBUS_SDK_ENVIRONMENT` and
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ from dichroism_control.errors import ConfigError
 
 if TYPE_CHECKING:
     import globus_sdk
+    from globus_sdk.scopes import Scope
 
 APP_NAME = "dichroism-flows"
 CLIENT_ID_ENV = "GLOBUS_CLIENT_ID"
@@ -58,15 +60,106 @@ def credentials_from_env(native_client_id: str | None = None) -> Credentials:
     return Credentials(native, None)
 
 
-def build_app(credentials: Credentials, *, token_dir: Path) -> globus_sdk.GlobusApp:
+# -- scopes: declared once ----------------------------------------------------------------
+# What each command needs, as abstract needs resolved by `scope_requirements`:
+#   flows        Flows service `all` (what FlowsClient asks for; covers manage_flows,
+#                view_flows, run_status and run_manage)
+#   compute      Compute `all` (function registration)
+#   run:<flow>   the specific-flow user scope of a deployed flow (starting runs)
+#   timers       Timers `timer`, with the prune flow's user scope as a dependency
+#                (GLOBUS_NOTES: the Timers consent trap)
+#   transfer     Transfer `all` (doctor: can the identity see the collections)
+#   auth         openid profile email (whoami)
+# `dichroism login` requests the union, so the watcher never meets a consent prompt.
+COMMAND_SCOPES: dict[str, tuple[str, ...]] = {
+    "validate": ("flows",),
+    "deploy": ("flows", "compute"),
+    "watch": ("flows", "run:new_file", "run:archive", "timers"),
+    "submit": ("flows", "run:new_file"),
+    "lifecycle": ("flows", "run:archive", "timers"),
+    "status": ("flows",),
+    "runs": ("flows",),
+    "timers": ("timers",),
+    "doctor": ("auth", "transfer"),
+    "whoami": ("auth",),
+}
+TIMER_FLOWS = ("prune",)
+
+
+@dataclass(frozen=True)
+class ScopePlan:
+    """Scope requirements by resource server, plus the needs that could not be resolved."""
+
+    requirements: dict[str, list[Scope]]
+    unresolved: list[str]
+
+
+def scope_requirements(
+    commands: Iterable[str] | None = None, *, flow_ids: Mapping[str, str] | None = None
+) -> ScopePlan:
+    """The scopes `commands` need (all commands when None). Flow scopes need deployed ids."""
+    from globus_sdk.scopes import (
+        AuthScopes,
+        ComputeScopes,
+        FlowsScopes,
+        SpecificFlowScopes,
+        TimersScopes,
+        TransferScopes,
+    )
+
+    ids = dict(flow_ids or {})
+    names = list(COMMAND_SCOPES) if commands is None else list(commands)
+    needs: list[str] = []
+    for command in names:
+        if command not in COMMAND_SCOPES:
+            raise ValueError(f"no scopes declared for command {command!r}")
+        needs.extend(n for n in COMMAND_SCOPES[command] if n not in needs)
+
+    requirements: dict[str, list[Scope]] = {}
+    unresolved: list[str] = []
+
+    def add(resource_server: str, *scopes: Scope) -> None:
+        requirements.setdefault(resource_server, []).extend(scopes)
+
+    for need in needs:
+        if need == "flows":
+            add(FlowsScopes.resource_server, FlowsScopes.all)
+        elif need == "compute":
+            add(ComputeScopes.resource_server, ComputeScopes.all)
+        elif need == "transfer":
+            add(TransferScopes.resource_server, TransferScopes.all)
+        elif need == "auth":
+            add(AuthScopes.resource_server, AuthScopes.openid, AuthScopes.profile, AuthScopes.email)
+        elif need == "timers":
+            missing = [f for f in TIMER_FLOWS if not ids.get(f)]
+            unresolved.extend(f"timers[{f}]" for f in missing)
+            dependencies = [SpecificFlowScopes(ids[f]).user for f in TIMER_FLOWS if ids.get(f)]
+            add(TimersScopes.resource_server, TimersScopes.timer.with_dependencies(dependencies))
+        elif need.startswith("run:"):
+            flow = need.removeprefix("run:")
+            if ids.get(flow):
+                add(ids[flow], SpecificFlowScopes(ids[flow]).user)
+            else:
+                unresolved.append(need)
+    return ScopePlan(requirements, unresolved)
+
+
+def token_path(credentials: Credentials, token_dir: Path) -> Path:
+    return token_dir / f"tokens-{credentials.client_id}.json"
+
+
+def build_app(
+    credentials: Credentials,
+    *,
+    token_dir: Path,
+    scopes: Mapping[str, list[Scope]] | None = None,
+) -> globus_sdk.GlobusApp:
     """The app every client is built with. Makes no HTTP call until a token is needed."""
     import globus_sdk
     from globus_sdk.token_storage import JSONTokenStorage
 
     token_dir.mkdir(parents=True, exist_ok=True)
-    storage = JSONTokenStorage(
-        token_dir / f"tokens-{credentials.client_id}.json", namespace=credentials.client_id
-    )
+    storage = JSONTokenStorage(token_path(credentials, token_dir), namespace=credentials.client_id)
     # auto_redrive_gares: a Timers token fetched before a flow's dependent scope was added
     # answers 403 ConsentRequired; redriving re-consents instead of failing (GLOBUS_NOTES).
     app_config = globus_sdk.GlobusAppConfig(
@@ -74,11 +167,16 @@ def build_app(credentials: Credentials, *, token_dir: Path) -> globus_sdk.Globus
         auto_redrive_gares=True,
         request_refresh_tokens=not credentials.is_service,
     )
+    app: globus_sdk.GlobusApp
     if credentials.is_service:
-        return globus_sdk.ClientApp(
+        app = globus_sdk.ClientApp(
             APP_NAME,
             client_id=credentials.client_id,
             client_secret=credentials.client_secret,
             config=app_config,
         )
-    return globus_sdk.UserApp(APP_NAME, client_id=credentials.client_id, config=app_config)
+    else:
+        app = globus_sdk.UserApp(APP_NAME, client_id=credentials.client_id, config=app_config)
+    if scopes:
+        app.add_scope_requirements(scopes)
+    return app

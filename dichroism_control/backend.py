@@ -157,7 +157,9 @@ def translate_error(exc: Exception) -> BackendError:
         message = _api_error_message(exc)
         if exc.http_status == 429 or exc.http_status >= 500:
             retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            return TransientBackendError(message, retry_after=_parse_retry_after(retry_after))
+            return TransientBackendError(
+                message, retry_after=_parse_retry_after(retry_after), http_status=exc.http_status
+            )
         return PermanentBackendError(message, http_status=exc.http_status)
     if isinstance(exc, globus_sdk.NetworkError):
         return TransientBackendError(f"network error: {type(exc).__name__}: {exc}")

@@ -132,13 +132,17 @@ def structural_errors(definition: dict[str, Any], input_schema: dict[str, Any]) 
         for key in ("ResultPath", "InputPath"):
             if key in state and not _is_json_path(state[key]):
                 errors.append(f"{where}.{key}: {state[key]!r} is not a JSONPath")
-        for key_path, kind_, value in _path_parameters(state.get("Parameters", {}), where):
+        for key_path, kind_, value in _path_parameters(
+            state.get("Parameters", {}), f"{where}.Parameters"
+        ):
             if kind_ == "$" and not _is_json_path(value):
                 errors.append(f"{key_path}: {value!r} is not a JSONPath (must start with '$.')")
             if kind_ == "=" and not isinstance(value, str):
                 errors.append(f"{key_path}: an expression must be a string")
-    if not errors:
-        errors.extend(f"States.{name}: unreachable from StartAt" for name in _unreachable(states, start))
+    if not errors and isinstance(start, str):
+        errors.extend(
+            f"States.{name}: unreachable from StartAt" for name in _unreachable(states, start)
+        )
     errors.extend(_schema_errors(input_schema))
     return errors
 
@@ -177,8 +181,9 @@ def house_rule_errors(definition: dict[str, Any]) -> list[str]:
         for catcher in catchers:
             target = states.get(catcher.get("Next"), {})
             if target.get("Type") != "Fail" or not target.get("Cause"):
+                target_name = catcher.get("Next")
                 errors.append(
-                    f"States.{name}.Catch: {catcher.get('Next')!r} must be a Fail state with a Cause"
+                    f"States.{name}.Catch: {target_name!r} must be a Fail state with a Cause"
                 )
     return errors
 

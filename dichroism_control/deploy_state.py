@@ -34,7 +34,9 @@ class DeployState:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{path}: unreadable deploy state ({exc})") from None
         section = data.get(backend, {})
-        return cls(path, backend, dict(section.get("flows", {})), dict(section.get("functions", {})))
+        return cls(
+            path, backend, dict(section.get("flows", {})), dict(section.get("functions", {}))
+        )
 
     def save(self) -> None:
         """Atomic replace: a crash mid-write never leaves a half-written state file."""

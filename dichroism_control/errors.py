@@ -28,11 +28,18 @@ class BackendError(DichroismError):
 
 
 class TransientBackendError(BackendError):
-    """Worth retrying later: 429, 5xx, connection errors. `retry_after` honours Retry-After."""
+    """Worth retrying later: 429, 5xx, connection errors. `retry_after` honours Retry-After.
 
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+    `http_status` is None for connection errors: callers that must know whether the request
+    may have taken effect (a run started before a 502 or a dropped connection) look at it.
+    """
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, http_status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.http_status = http_status
 
 
 class PermanentBackendError(BackendError):

@@ -52,14 +52,18 @@ def config_data(root: Path, *, backend: str = "globus") -> dict[str, Any]:
                     "bl402-compute-dtn", IDS["bl402_dtn"], "/", "compute-dtn.als.lbl.gov"
                 ),
                 "bl402-nersc_alsdev_raw": endpoint(
-                    "bl402-nersc_alsdev_raw", IDS["bl402_cfs"], str(root / "cfs" / "4.0.2" / "raw"),
+                    "bl402-nersc_alsdev_raw",
+                    IDS["bl402_cfs"],
+                    str(root / "cfs" / "4.0.2" / "raw"),
                     "nersc.gov",
                 ),
                 "bl631-compute-dtn": endpoint(
                     "bl631-compute-dtn", IDS["bl631_dtn"], "/", "compute-dtn.als.lbl.gov"
                 ),
                 "bl631-nersc_alsdev_raw": endpoint(
-                    "bl631-nersc_alsdev_raw", IDS["bl631_cfs"], str(root / "cfs" / "6.3.1" / "raw"),
+                    "bl631-nersc_alsdev_raw",
+                    IDS["bl631_cfs"],
+                    str(root / "cfs" / "6.3.1" / "raw"),
                     "nersc.gov",
                 ),
             },

@@ -47,7 +47,9 @@ class FakeBackend:
         self.runs[run_id] = run
         return dict(run)
 
-    def finish(self, run_id: str, status: str = "SUCCEEDED", output: dict[str, Any] | None = None) -> None:
+    def finish(
+        self, run_id: str, status: str = "SUCCEEDED", output: dict[str, Any] | None = None
+    ) -> None:
         self.runs[run_id]["status"] = status
         self.runs[run_id]["details"] = {"output": output or {}}
 
@@ -68,7 +70,9 @@ class FakeBackend:
         return dict(self.runs[run_id])
 
     # timers
-    def create_flow_timer(self, *, name: str, run_at: datetime, request: RunRequest) -> dict[str, Any]:
+    def create_flow_timer(
+        self, *, name: str, run_at: datetime, request: RunRequest
+    ) -> dict[str, Any]:
         assert run_at.tzinfo is not None
         self.timer_requests.append((name, run_at, request))
         job_id = str(uuid.uuid4())

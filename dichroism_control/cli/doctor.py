@@ -1,9 +1,195 @@
-"""`dichroism doctor` (being written)."""
+"""`dichroism doctor`: config, credentials, deployment ids, tokens, service reachability.
+
+Each check is one row: ok | warn | fail | skip, with a one-line detail. Secrets and tokens
+are never shown (only whether they exist). Reachability is an unauthenticated GET of each
+service's base URL (taken from the SDK, so `GLOBUS_SDK_*` overrides apply) with a short
+timeout; any HTTP answer counts as reachable. Exit 0 when nothing failed, 1 otherwise, 2 when
+the config itself is invalid.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from dichroism_control.cli.context import Context
+    from dichroism_control.config import Config
+
+# Services reached by the Globus backend (SDK service names; TIMER, not TIMERS).
+SERVICES = ("auth", "flows", "timer", "compute")
 
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.command("doctor")(doctor)
+
+
+def doctor(
+    ctx: typer.Context,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds per reachability check.")
+    ] = 3.0,
+    offline: Annotated[bool, typer.Option("--offline", help="Skip the network checks.")] = False,
+) -> None:
+    """Check config, credentials, deployment ids, tokens and service reachability."""
+    from dichroism_control.errors import ConfigError, DichroismError
+
+    state: Context = ctx.obj
+    checks: list[dict[str, str]] = []
+
+    def add(name: str, status: str, detail: str) -> None:
+        checks.append({"check": name, "status": status, "detail": detail})
+
+    try:
+        config = state.config()
+    except ConfigError as exc:
+        add("config", "fail", str(exc))
+        state.emit({"checks": checks, "ok": False}, text=_text)
+        raise ConfigError(f"doctor: {exc}") from None
+    add("config", "ok", f"{state.config_path or 'config.yml'} (backend: {config.backend})")
+    _definitions(config, add)
+    if config.backend == "local":
+        add("globus", "skip", "local backend: no Globus credentials or services needed")
+    else:
+        placeholders = config.placeholders()
+        if placeholders:
+            add(
+                "placeholder ids",
+                "fail",
+                f"{placeholders[0]} (+{len(placeholders) - 1} more): commands that talk to "
+                "Globus refuse them",
+            )
+        else:
+            add("placeholder ids", "ok", "none")
+        _credentials_and_tokens(state, config, add)
+        if offline:
+            add("reachability", "skip", "--offline")
+        else:
+            for name, status, detail in _reachability(timeout):
+                add(f"reach {name}", status, detail)
+    _deployment(state, config, add)
+    ok = not any(c["status"] == "fail" for c in checks)
+    state.emit({"checks": checks, "ok": ok}, text=_text)
+    if not ok:
+        failed = [c["check"] for c in checks if c["status"] == "fail"]
+        raise DichroismError(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}")
+
+
+def _definitions(config: Config, add: Any) -> None:
+    from dichroism_control.definitions import load_all, specialise, validate_document
+    from dichroism_control.errors import DefinitionError
+
+    try:
+        documents = load_all(config.definitions_path)
+    except DefinitionError as exc:
+        add("flow definitions", "fail", str(exc))
+        return
+    problems = [e for d in documents.values() for e in validate_document(specialise(d, config))]
+    if problems:
+        add("flow definitions", "fail", f"{len(problems)} problem(s), first: {problems[0]}")
+    else:
+        add("flow definitions", "ok", f"{', '.join(documents)} valid")
+
+
+def _credentials_and_tokens(state: Context, config: Config, add: Any) -> None:
+    import time
+
+    from dichroism_control.auth import credentials_from_env, scope_requirements, token_path
+    from dichroism_control.errors import ConfigError
+
+    try:
+        credentials = credentials_from_env()
+    except ConfigError as exc:
+        add("credentials", "fail", str(exc))
+        return
+    if credentials.is_service:
+        add("credentials", "ok", f"confidential client {credentials.client_id} (secret set)")
+    else:
+        add("credentials", "ok", f"native app {credentials.client_id} (interactive login)")
+
+    path = token_path(credentials, config.state_path / "tokens")
+    stored: dict[str, Any] = {}
+    if path.exists():
+        from globus_sdk.token_storage import JSONTokenStorage
+
+        try:
+            storage = JSONTokenStorage(path, namespace=credentials.client_id)
+            stored = dict(storage.get_token_data_by_resource_server())
+        except Exception as exc:  # a corrupt file must not stop the other checks
+            add("tokens", "fail", f"{path}: unreadable ({type(exc).__name__})")
+            return
+    plan = scope_requirements(None, flow_ids=state.deployment().flows)
+    now = time.time()
+    missing = [rs for rs in plan.requirements if rs not in stored]
+    expired = [
+        rs
+        for rs, data in stored.items()
+        if data.expires_at_seconds < now and not data.refresh_token
+    ]
+    if credentials.is_service:
+        detail = f"{len(stored)} stored; others are fetched on demand (client credentials)"
+        add("tokens", "ok", detail)
+        return
+    if missing or expired:
+        parts = []
+        if missing:
+            parts.append(f"no consent for {', '.join(sorted(missing))}")
+        if expired:
+            parts.append(f"expired without refresh: {', '.join(sorted(expired))}")
+        add("tokens", "fail", "; ".join(parts) + ": run `dichroism login`")
+    else:
+        add("tokens", "ok", f"{len(stored)} resource server(s) consented, refreshable")
+    if plan.unresolved:
+        add(
+            "consents",
+            "warn",
+            f"{', '.join(plan.unresolved)} need deployed flows; log in again after deploy",
+        )
+
+
+def _reachability(timeout: float) -> list[tuple[str, str, str]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+    from globus_sdk.config import get_service_url
+
+    def probe(service: str) -> tuple[str, str, str]:
+        url = get_service_url(service)
+        try:
+            response = requests.get(url, timeout=timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            return service, "fail", f"{url}: {type(exc).__name__}"
+        seconds = response.elapsed.total_seconds()
+        return service, "ok", f"{url} answered {response.status_code} in {seconds:.2f}s"
+
+    with ThreadPoolExecutor(max_workers=len(SERVICES)) as pool:
+        return list(pool.map(probe, SERVICES))
+
+
+def _deployment(state: Context, config: Config, add: Any) -> None:
+    from dichroism_control.config import FLOW_NAMES, FUNCTION_NAMES
+
+    deployment = state.deployment()
+    flows_missing = [n for n in FLOW_NAMES if n not in deployment.flows]
+    functions_missing = [n for n in FUNCTION_NAMES if n not in deployment.functions]
+    if flows_missing or functions_missing:
+        add(
+            "deployment",
+            "warn",
+            f"not deployed: {', '.join(flows_missing + functions_missing)} "
+            "(run `dichroism deploy` or pin the ids in config.yml)",
+        )
+    else:
+        add(
+            "deployment",
+            "ok",
+            ", ".join(f"{n}={deployment.flows[n]}" for n in FLOW_NAMES),
+        )
+
+
+def _text(report: dict[str, Any]) -> str:
+    from dichroism_control.output import table
+
+    rows = [(c["status"].upper(), c["check"], c["detail"]) for c in report["checks"]]
+    return table(rows, ("status", "check", "detail"))

@@ -38,6 +38,7 @@ COMMAND_MODULES = (
     "doctor",
     "login",
     "run_local",
+    "demo",
 )
 
 
@@ -56,9 +57,7 @@ def _global_options(
         str | None,
         typer.Option("--backend", help="globus | local (default: the config's `backend`)."),
     ] = None,
-    fmt: Annotated[
-        str, typer.Option("--format", help="Output format: text | json.")
-    ] = "text",
+    fmt: Annotated[str, typer.Option("--format", help="Output format: text | json.")] = "text",
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More logs.")] = 0,
 ) -> None:
     from dichroism_control.errors import ConfigError

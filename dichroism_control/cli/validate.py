@@ -55,7 +55,9 @@ def _text(report: dict[str, Any]) -> str:
             "talk to Globus"
         )
     for name, result in report["flows"].items():
-        errors = result["local_errors"] + [f"(service) {e}" for e in result.get("remote_errors", [])]
+        errors = result["local_errors"] + [
+            f"(service) {e}" for e in result.get("remote_errors", [])
+        ]
         checked = "structure + service" if "remote_errors" in result else "structure"
         lines.append(f"{name}: {'ok' if not errors else 'INVALID'} ({checked})")
         lines.extend(f"  - {e}" for e in errors)
