@@ -211,8 +211,16 @@ def default_function_table() -> dict[str, Callable[..., Any]]:
 
 
 def function_source(function: Callable[..., Any]) -> str:
+    """The registered unit: the function's whole module, entered by the function's name.
+
+    compute_functions modules keep their helpers at module level, so registering only the
+    function's own lines would leave them undefined at NERSC.
+    """
     try:
-        return inspect.getsource(function)
+        module = inspect.getmodule(function)
+        if module is None:
+            raise TypeError("no module")
+        return inspect.getsource(module)
     except (OSError, TypeError) as exc:
         raise ConfigError(f"{function.__qualname__}: source not available ({exc})") from None
 

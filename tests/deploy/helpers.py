@@ -197,25 +197,29 @@ def started_mock() -> Iterator[responses.RequestsMock]:
 
 
 def make_functions(directory: Path, version: str = "1", **overrides: str) -> dict[str, Any]:
-    """A function table: five tiny self-contained functions written to a module file."""
+    """A function table: five tiny functions, each in a module file of its own.
+
+    The registered unit is a function's whole module, so one module per function lets a test
+    edit one function without touching the others' source.
+    """
     import importlib.util
 
     from dichroism_control.config import FUNCTION_NAMES
 
     directory.mkdir(parents=True, exist_ok=True)
-    chunks = []
+    table: dict[str, Any] = {}
     for name in FUNCTION_NAMES:
         body = overrides.get(name, f'return {{"function": "{name}", "version": "{version}"}}')
-        chunks.append(f'def {name}(**kwargs):\n    """Test stand-in for {name}."""\n    {body}\n')
-    module_name = f"sample_functions_{uuid.uuid4().hex}"
-    path = directory / f"{module_name}.py"
-    path.write_text("\n\n".join(chunks))
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    spec.loader.exec_module(module)
-    return {name: getattr(module, name) for name in FUNCTION_NAMES}
+        module_name = f"sample_{name}_{uuid.uuid4().hex}"
+        path = directory / f"{module_name}.py"
+        path.write_text(f'def {name}(**kwargs):\n    """Test stand-in for {name}."""\n    {body}\n')
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+        table[name] = getattr(module, name)
+    return table
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -112,7 +112,7 @@ def test_first_deploy_registers_functions_and_creates_flows_with_exact_payloads(
         function = getattr(modules[name], name)
         assert json.loads(call.request.body) == {
             "function_name": name,
-            "function_code": inspect.getsource(function),
+            "function_code": inspect.getsource(modules[name]),
             "serialized": False,
             "meta": {
                 "python_version": platform.python_version(),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,7 @@ import responses
 
 from dichroism_control.backend import build_backend
 from dichroism_control.config import FUNCTION_NAMES, load_config
-from dichroism_control.deploy import deploy, function_checksum
+from dichroism_control.deploy import deploy, function_checksum, function_source
 from dichroism_control.deploy_state import DeployState
 from tests.deploy.helpers import FakeGlobus, make_functions, run_cli
 from tests.fakes import FakeBackend
@@ -53,7 +52,7 @@ def test_functions_register_only_when_their_source_changes(
     assert _registered(fake_globus) == ["hpss_verify"]
 
     state = DeployState.load(config.deploy_state_path, backend="globus")
-    source = inspect.getsource(edited["hpss_verify"])
+    source = function_source(edited["hpss_verify"])
     assert state.functions["hpss_verify"]["checksum"] == function_checksum("hpss_verify", source)
     assert function_checksum("x", "src") == hashlib.sha256(b"x\0src").hexdigest()
 

@@ -1,0 +1,158 @@
+"""The local backend's persistent state: flows, functions, runs, run logs and timers.
+
+The tables live in the ledger's SQLite file (`config.ledger_path`), prefixed `local_`, so
+one file holds everything a local deployment knows. Two processes use it at once (`watch`
+and a CLI command): WAL lets readers proceed while one writer commits, and every state
+change that must happen once (a timer firing, a run being declared interrupted) is an
+`UPDATE ... WHERE <expected state>` whose rowcount says who won.
+
+Each handle owns one connection guarded by a lock, like `Ledger`: sqlite3 connections must
+not be used by two threads at a time, and the worker threads share this handle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS local_flows (
+    id TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    input_schema TEXT NOT NULL,
+    spec TEXT NOT NULL,                 -- every FlowSpec field (the flow document)
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS local_functions (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    source TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS local_runs (
+    run_id TEXT PRIMARY KEY,
+    flow_id TEXT NOT NULL,
+    flow_title TEXT NOT NULL,
+    status TEXT NOT NULL,               -- ACTIVE, SUCCEEDED, FAILED, ENDED
+    label TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    request TEXT NOT NULL,              -- run_managers, run_monitors, notification policy
+    body TEXT NOT NULL,
+    details TEXT NOT NULL,
+    start_time TEXT NOT NULL,
+    start_ts REAL NOT NULL,             -- for ordering: newest first
+    completion_time TEXT,
+    owner TEXT NOT NULL,                -- "<pid>:<process start>" of the executing process
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS local_runs_order ON local_runs(start_ts DESC);
+CREATE INDEX IF NOT EXISTS local_runs_status ON local_runs(status);
+CREATE TABLE IF NOT EXISTS local_run_logs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS local_run_logs_run ON local_run_logs(run_id, id);
+CREATE TABLE IF NOT EXISTS local_timers (
+    job_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    flow_id TEXT NOT NULL,
+    run_at REAL NOT NULL,               -- epoch seconds (UTC)
+    body TEXT NOT NULL,                 -- the run request (RunRequest.timer_body())
+    status TEXT NOT NULL,               -- loaded -> firing -> ended | error; deleted
+    run_id TEXT,
+    last_error TEXT,
+    submitted_at REAL NOT NULL,
+    last_ran_at REAL
+);
+CREATE INDEX IF NOT EXISTS local_timers_due ON local_timers(status, run_at);
+"""
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), to tell a live owner from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    # Field 22 (starttime) counts after the ")" that closes the command name.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def owner_token(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}:{process_start(pid) or '?'}"
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process named by an owner token still runs (pid alive, same start)."""
+    pid_text, _, start = token.partition(":")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    current = process_start(pid)
+    return start == "?" or current is None or current == start
+
+
+class LocalStore:
+    """A thread-safe handle on the `local_*` tables of the ledger file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        with self.transaction() as conn:
+            conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._conn
+                self._conn.commit()
+            except BaseException:
+                self._conn.rollback()
+                raise
+
+    def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._conn.execute(sql, params))
+
+    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
+        """One statement in its own transaction; returns the rowcount (the claim's winner)."""
+        with self.transaction() as conn:
+            return conn.execute(sql, params).rowcount
