@@ -1,1 +1,1 @@
-"""Globus Compute functions (run at NERSC; each is self-contained and registered from source)."""
+"""Globus Compute functions (run at NERSC; each MODULE is self-contained and registered whole)."""

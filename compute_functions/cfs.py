@@ -1,10 +1,18 @@
 """Globus Compute function: verify that files have a safe copy on NERSC CFS.
 
-Runs at NERSC and is registered from its source text alone: all imports and helpers are
-inside the function body.
+Runs at NERSC. **The whole module is the registered unit**: deploy registers this file's
+full source text with ``cfs_verify`` as entrypoint (globus-compute-sdk
+``register_source_code(source, function_name)``); the endpoint execs that text in a fresh
+namespace and calls the function, so the private module-level helpers travel with it.
+Standard library only and nothing from this project: the path-safety helpers below are a
+copy of those in ``hpss.py`` (a test keeps the two identical).
 """
 
 from __future__ import annotations
+
+import os
+import posixpath
+import stat
 
 
 def cfs_verify(
@@ -26,30 +34,6 @@ def cfs_verify(
     file / outside root). Otherwise returns
     ``{"all_verified": True, "verified": n, "delete": [{"path": target_root/rel}]}``.
     """
-    import os
-    import posixpath
-    import stat
-
-    def _clean_rel(rel: object) -> str | None:
-        if not isinstance(rel, str) or not rel or "\x00" in rel or "\n" in rel:
-            return None
-        if rel.startswith("/") or ".." in rel.split("/"):
-            return None
-        norm = posixpath.normpath(rel)
-        if norm in (".", "") or norm.startswith("/") or norm.split("/")[0] == "..":
-            return None
-        return norm
-
-    def _abs_root(root: object, what: str) -> str:
-        if not isinstance(root, str) or not root.startswith("/") or ".." in root.split("/"):
-            raise RuntimeError(f"{what} must be an absolute path without '..': {root!r}")
-        return posixpath.normpath(root)
-
-    def _summary(problems: list[str], total: int, what: str) -> str:
-        shown = "; ".join(problems[:20])
-        more = f"; ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        return f"{len(problems)} of {total} file(s) {what}: {shown}{more}"
-
     target_root = _abs_root(target_root, "target_root")
     safe_root = _abs_root(safe_root, "safe_root")
     if not files:
@@ -57,27 +41,7 @@ def cfs_verify(
     if not os.path.isdir(safe_root):
         raise RuntimeError(f"safe_root {safe_root} is not a directory here")
 
-    wanted: list[tuple[str, int]] = []
-    refused: list[str] = []
-    for item in files:
-        raw = item.get("path") if isinstance(item, dict) else None
-        size = item.get("size") if isinstance(item, dict) else None
-        rel = _clean_rel(raw)
-        if rel is None:
-            refused.append(f"{raw!r}: outside root (absolute, '..' or empty path)")
-            continue
-        for root in (safe_root, target_root):
-            joined = posixpath.normpath(posixpath.join(root, rel))
-            if not joined.startswith(root.rstrip("/") + "/"):
-                refused.append(f"{rel}: outside root {root}")
-                break
-        else:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                refused.append(f"{rel}: no valid size given")
-            else:
-                wanted.append((rel, size))
-    if refused:
-        raise RuntimeError(_summary(refused, len(files), "refused (nothing was checked)"))
+    wanted = _requested(files, safe_root, target_root)
 
     real_root = os.path.realpath(safe_root).rstrip("/") + "/"
     problems: list[str] = []
@@ -105,3 +69,58 @@ def cfs_verify(
         "verified": len(wanted),
         "delete": [{"path": target_root.rstrip("/") + "/" + rel} for rel, _ in wanted],
     }
+
+
+# --- path safety (the same text in cfs.py and hpss.py; a test keeps them identical) -------
+def _clean_rel(rel: object) -> str | None:
+    """Normalised relative path, or None if absolute / '..' / empty / odd."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\n" in rel:
+        return None
+    if rel.startswith("/") or ".." in rel.split("/"):
+        return None
+    norm = posixpath.normpath(rel)
+    if norm in (".", "") or norm.startswith("/") or norm.split("/")[0] == "..":
+        return None
+    return norm
+
+
+def _abs_root(root: object, what: str) -> str:
+    if not isinstance(root, str) or not root.startswith("/") or ".." in root.split("/"):
+        raise RuntimeError(f"{what} must be an absolute path without '..': {root!r}")
+    return posixpath.normpath(root)
+
+
+def _requested(files: list[dict[str, object]], *roots: str) -> list[tuple[str, int]]:
+    """(rel, size) of each file; raises naming every path that is unsafe or would leave one
+    of ``roots`` lexically, and every missing or invalid size (before anything is checked)."""
+    wanted: list[tuple[str, int]] = []
+    refused: list[str] = []
+    for item in files:
+        raw = item.get("path") if isinstance(item, dict) else None
+        size = item.get("size") if isinstance(item, dict) else None
+        rel = _clean_rel(raw)
+        if rel is None:
+            refused.append(f"{raw!r}: outside root (absolute, '..' or empty path)")
+            continue
+        for root in roots:
+            joined = posixpath.normpath(posixpath.join(root, rel))
+            if not joined.startswith(root.rstrip("/") + "/"):
+                refused.append(f"{rel}: outside root {root}")
+                break
+        else:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                refused.append(f"{rel}: no valid size given")
+            else:
+                wanted.append((rel, size))
+    if refused:
+        raise RuntimeError(_summary(refused, len(files), "refused (nothing was checked)"))
+    return wanted
+
+
+def _summary(problems: list[str], total: int, what: str) -> str:
+    shown = "; ".join(problems[:20])
+    more = f"; ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return f"{len(problems)} of {total} file(s) {what}: {shown}{more}"
+
+
+# --- end path safety ---

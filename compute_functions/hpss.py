@@ -1,9 +1,13 @@
 """Globus Compute functions for NERSC HPSS: verified archiving and tape-copy verification.
 
-Both functions run at NERSC (a Compute endpoint that has ``hsi`` and ``htar`` on ``PATH``)
-and are registered from their source text alone, so each is self-contained: every import
-and helper lives inside the function body. The block between the ``hpss session helpers``
-markers is the same text in both functions (a test keeps them identical).
+Both functions run at NERSC (a Compute endpoint that has ``hsi`` and ``htar`` on ``PATH``).
+
+**The whole module is the registered unit.** Deploy registers this file's full source text
+with the function name as entrypoint (globus-compute-sdk ``register_source_code(source,
+function_name)``); the endpoint execs that text in a fresh namespace and calls the named
+function, so the private module-level ``_helpers`` below travel with each function. Keep
+the module self-contained: standard library only, nothing from this project (``cfs.py``
+is registered on its own, so the few path-safety helpers both need are copied there).
 
 Tape layout (docs/ARCHITECTURE.md): single files at ``{hpss_dir}/{rel}``; bundles at
 ``{hpss_dir}/{proposal}/{archive_name}.tar`` (split: ``{archive_name}_partNN.tar``) whose
@@ -18,6 +22,22 @@ session limit. Each call gets the time left of the walltime as its timeout and i
 """
 
 from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import posixpath
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 
 def hpss_archive(
@@ -53,169 +73,11 @@ def hpss_archive(
     Raises ``RuntimeError`` on any failure (stderr attached), on verification mismatch,
     or with ``walltime exceeded``.
     """
-    import contextlib
-    import fcntl
-    import os
-    import posixpath
-    import re
-    import shlex
-    import shutil
-    import signal
-    import subprocess
-    import tempfile
-    import threading
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-    from typing import Any
-
-    def _opt(name: str) -> int:
-        value = options.get(name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise RuntimeError(f"options.{name} must be an integer >= 1 (got {value!r})")
-        return value
-
-    bundle_max = _opt("bundle_max_bytes")
-    threshold = _opt("single_file_threshold_bytes")
-    max_sessions = _opt("max_sessions")
-    walltime = _opt("walltime_seconds")
-    deadline = time.monotonic() + walltime
-
-    # --- hpss session helpers (keep identical in hpss_archive and hpss_verify) ---
-    def _clean_rel(rel: object) -> str | None:
-        """Normalised relative path, or None if absolute / '..' / empty / odd."""
-        if not isinstance(rel, str) or not rel or "\x00" in rel or "\n" in rel:
-            return None
-        if rel.startswith("/") or ".." in rel.split("/"):
-            return None
-        norm = posixpath.normpath(rel)
-        if norm in (".", "") or norm.startswith("/") or norm.split("/")[0] == "..":
-            return None
-        return norm
-
-    def _abs_root(root: object, what: str) -> str:
-        if not isinstance(root, str) or not root.startswith("/") or ".." in root.split("/"):
-            raise RuntimeError(f"{what} must be an absolute path without '..': {root!r}")
-        return posixpath.normpath(root)
-
-    def _tail(text: str, limit: int = 2000) -> str:
-        text = text.strip()
-        return text if len(text) <= limit else "..." + text[-limit:]
-
-    def _tool(name: str) -> str:
-        found = shutil.which(name)
-        if not found:
-            raise RuntimeError(f"'{name}' was not found on PATH (HPSS client tools missing)")
-        return found
-
-    @contextlib.contextmanager
-    def _session_slot() -> Any:
-        lock_dir = os.environ.get("DICHROISM_HPSS_LOCK_DIR") or os.path.join(
-            tempfile.gettempdir(), "dichroism-hpss-locks"
-        )
-        os.makedirs(lock_dir, exist_ok=True)
-        held: int | None = None
-        while held is None:
-            for i in range(max_sessions):
-                fd = os.open(os.path.join(lock_dir, f"slot-{i:02d}.lock"), os.O_RDWR | os.O_CREAT)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    continue
-                held = fd
-                break
-            if held is None:
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(
-                        f"walltime exceeded ({walltime} s) while waiting for one of "
-                        f"{max_sessions} HPSS session slots in {lock_dir}"
-                    )
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(held, fcntl.LOCK_UN)
-            os.close(held)
-
-    def _run(argv: list[str], cwd: str | None = None) -> tuple[int, str, str]:
-        """Run one hsi/htar session under a slot; kill it when the walltime runs out."""
-        text = " ".join(shlex.quote(a) for a in argv)
-        with _session_slot():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"walltime exceeded ({walltime} s) before running: {text}")
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                start_new_session=True,
-            )
-            try:
-                out, err = proc.communicate(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                out, err = proc.communicate()
-                raise RuntimeError(
-                    f"walltime exceeded ({walltime} s): killed {text}; stderr: {_tail(err)}"
-                ) from None
-        return proc.returncode, out, err
-
-    def _failed(text: str, rc: int, out: str, err: str) -> RuntimeError:
-        return RuntimeError(f"{text} failed with exit code {rc}; stderr: {_tail(err or out)}")
-
-    def _missing(out: str, err: str) -> bool:
-        both = out + err
-        return "HPSS_ENOENT" in both or "No such file" in both
-
-    ls_line = re.compile(
-        r"^([-dlbcpsD][-rwxsStTlL]{9})\S*\s+\d+\s+\S+\s+\S+\s+(?:\S+\s+)?(\d+)\s+"
-        r"[A-Z][a-z]{2}\s+\d{1,2}\s+(?:\d{1,2}:\d{2}|\d{4})\s+(.+?)\s*$"
-    )
-    htar_line = re.compile(
-        r"^HTAR:\s+([-dlbcps][-rwxsStT]{9})\S*\s+\S+\s+(\d+)\s+"
-        r"\d{4}-\d{2}-\d{2}\s+\d{2}:\d{2}(?::\d{2})?\s+(.+?)\s*$"
-    )
-
-    def _hsi_list(directory: str) -> dict[str, int] | None:
-        """Regular files directly in an HPSS directory (name -> size); None if absent."""
-        rc, out, err = _run([_tool("hsi"), "-q", "ls", "-l", directory])
-        if rc != 0:
-            if _missing(out, err):
-                return None
-            raise _failed(f"hsi ls -l {directory}", rc, out, err)
-        found: dict[str, int] = {}
-        for line in (err + "\n" + out).splitlines():
-            m = ls_line.match(line.strip())
-            if m and m.group(1).startswith("-"):
-                found[posixpath.basename(m.group(3))] = int(m.group(2))
-        return found
-
-    def _htar_list(tape_path: str) -> dict[str, int] | None:
-        """Members of an htar archive (path -> size); None if it has no index/archive."""
-        rc, out, err = _run([_tool("htar"), "-tvf", tape_path])
-        if rc != 0:
-            if _missing(out, err):
-                return None
-            raise _failed(f"htar -tvf {tape_path}", rc, out, err)
-        members: dict[str, int] = {}
-        for line in (out + "\n" + err).splitlines():
-            m = htar_line.match(line.strip())
-            if m and m.group(1).startswith("-"):
-                members[m.group(3)] = int(m.group(2))
-        return members
-
-    def _summary(problems: list[str], total: int, what: str) -> str:
-        shown = "; ".join(problems[:20])
-        more = f"; ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        return f"{len(problems)} of {total} file(s) {what}: {shown}{more}"
-
-    # --- end hpss session helpers ---
+    bundle_max = _option(options, "bundle_max_bytes")
+    threshold = _option(options, "single_file_threshold_bytes")
+    max_sessions = _option(options, "max_sessions")
+    walltime = _option(options, "walltime_seconds")
+    sessions = _Sessions(max_sessions, walltime)
 
     del beamline, proposal  # part of the contract; the layout does not need them
     if not isinstance(archive_name, str) or not re.fullmatch(
@@ -279,7 +141,7 @@ def hpss_archive(
 
     def listing(directory: str) -> dict[str, int] | None:
         if directory not in listings:
-            listings[directory] = _hsi_list(directory)
+            listings[directory] = sessions.hsi_list(directory)
         return listings[directory]
 
     part_re = re.compile(re.escape(archive_name) + r"(?:_part(\d+))?\.tar")
@@ -290,7 +152,7 @@ def hpss_archive(
             gdir = hpss_dir.rstrip("/") + "/" + entry["group"]
             if gdir not in archives_in:
                 names = sorted(n for n in (listing(gdir) or {}) if part_re.fullmatch(n))
-                archives_in[gdir] = {n: _htar_list(gdir + "/" + n) for n in names}
+                archives_in[gdir] = {n: sessions.htar_list(gdir + "/" + n) for n in names}
 
     todo: list[dict[str, Any]] = []
     for entry in entries:
@@ -350,7 +212,7 @@ def hpss_archive(
     needed |= {posixpath.dirname(b["tape_path"]) for b in bundles}
     missing_dirs = sorted(d for d in needed if listing(d) is None)
     if missing_dirs:
-        rc, out, err = _run([_tool("hsi"), "-q", "mkdir", "-p", *missing_dirs])
+        rc, out, err = sessions.run([_tool("hsi"), "-q", "mkdir", "-p", *missing_dirs])
         if rc != 0:
             raise _failed("hsi mkdir -p " + " ".join(missing_dirs), rc, out, err)
 
@@ -366,14 +228,14 @@ def hpss_archive(
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.writelines(e["rel"] + "\n" for e in bundle["entries"])
             argv = [_tool("htar"), "-Hverify=1", "-cvf", tape_path, "-L", list_file]
-            rc, out, err = _run(argv, cwd=cfs_root)
+            rc, out, err = sessions.run(argv, cwd=cfs_root)
         finally:
             os.unlink(list_file)
         if rc != 0:
             raise _failed(f"htar -cvf {tape_path}", rc, out, err)
         if "HTAR SUCCESSFUL" not in out + err:
             raise RuntimeError(f"htar -cvf {tape_path} did not report success: {_tail(out + err)}")
-        members = _htar_list(tape_path)
+        members = sessions.htar_list(tape_path)
         if members is None:
             raise RuntimeError(f"verification failed: archive {tape_path} cannot be listed")
         bad = []
@@ -396,7 +258,7 @@ def hpss_archive(
             return
         verb = "put" if e["stale_single"] else "cput"
         argv = [_tool("hsi"), "-q", verb, e["cfs_path"], ":", e["single_path"]]
-        rc, out, err = _run(argv)
+        rc, out, err = sessions.run(argv)
         if rc != 0:
             raise _failed(f"hsi {verb} {e['cfs_path']} : {e['single_path']}", rc, out, err)
 
@@ -421,7 +283,7 @@ def hpss_archive(
 
     bad = []
     for directory in sorted({posixpath.dirname(e["single_path"]) for e in singles}):
-        found = _hsi_list(directory) or {}
+        found = sessions.hsi_list(directory) or {}
         for e in singles:
             if posixpath.dirname(e["single_path"]) != directory:
                 continue
@@ -484,188 +346,18 @@ def hpss_verify(
     returns ``{"all_verified": True, "verified": n, "delete": [{"path": target_root/rel}]}``.
     ``max_sessions`` and ``walltime_seconds`` bound the HPSS sessions as for hpss_archive.
     """
-    import contextlib
-    import fcntl
-    import os
-    import posixpath
-    import re
-    import shlex
-    import shutil
-    import signal
-    import subprocess
-    import tempfile
-    import time
-    from typing import Any
-
     max_sessions = int(max_sessions)
     walltime = int(walltime_seconds)
     if max_sessions < 1 or walltime < 1:
         raise RuntimeError("max_sessions and walltime_seconds must be >= 1")
-    deadline = time.monotonic() + walltime
-
-    # --- hpss session helpers (keep identical in hpss_archive and hpss_verify) ---
-    def _clean_rel(rel: object) -> str | None:
-        """Normalised relative path, or None if absolute / '..' / empty / odd."""
-        if not isinstance(rel, str) or not rel or "\x00" in rel or "\n" in rel:
-            return None
-        if rel.startswith("/") or ".." in rel.split("/"):
-            return None
-        norm = posixpath.normpath(rel)
-        if norm in (".", "") or norm.startswith("/") or norm.split("/")[0] == "..":
-            return None
-        return norm
-
-    def _abs_root(root: object, what: str) -> str:
-        if not isinstance(root, str) or not root.startswith("/") or ".." in root.split("/"):
-            raise RuntimeError(f"{what} must be an absolute path without '..': {root!r}")
-        return posixpath.normpath(root)
-
-    def _tail(text: str, limit: int = 2000) -> str:
-        text = text.strip()
-        return text if len(text) <= limit else "..." + text[-limit:]
-
-    def _tool(name: str) -> str:
-        found = shutil.which(name)
-        if not found:
-            raise RuntimeError(f"'{name}' was not found on PATH (HPSS client tools missing)")
-        return found
-
-    @contextlib.contextmanager
-    def _session_slot() -> Any:
-        lock_dir = os.environ.get("DICHROISM_HPSS_LOCK_DIR") or os.path.join(
-            tempfile.gettempdir(), "dichroism-hpss-locks"
-        )
-        os.makedirs(lock_dir, exist_ok=True)
-        held: int | None = None
-        while held is None:
-            for i in range(max_sessions):
-                fd = os.open(os.path.join(lock_dir, f"slot-{i:02d}.lock"), os.O_RDWR | os.O_CREAT)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(fd)
-                    continue
-                held = fd
-                break
-            if held is None:
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(
-                        f"walltime exceeded ({walltime} s) while waiting for one of "
-                        f"{max_sessions} HPSS session slots in {lock_dir}"
-                    )
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(held, fcntl.LOCK_UN)
-            os.close(held)
-
-    def _run(argv: list[str], cwd: str | None = None) -> tuple[int, str, str]:
-        """Run one hsi/htar session under a slot; kill it when the walltime runs out."""
-        text = " ".join(shlex.quote(a) for a in argv)
-        with _session_slot():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"walltime exceeded ({walltime} s) before running: {text}")
-            proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                encoding="utf-8",
-                errors="replace",
-                start_new_session=True,
-            )
-            try:
-                out, err = proc.communicate(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                out, err = proc.communicate()
-                raise RuntimeError(
-                    f"walltime exceeded ({walltime} s): killed {text}; stderr: {_tail(err)}"
-                ) from None
-        return proc.returncode, out, err
-
-    def _failed(text: str, rc: int, out: str, err: str) -> RuntimeError:
-        return RuntimeError(f"{text} failed with exit code {rc}; stderr: {_tail(err or out)}")
-
-    def _missing(out: str, err: str) -> bool:
-        both = out + err
-        return "HPSS_ENOENT" in both or "No such file" in both
-
-    ls_line = re.compile(
-        r"^([-dlbcpsD][-rwxsStTlL]{9})\S*\s+\d+\s+\S+\s+\S+\s+(?:\S+\s+)?(\d+)\s+"
-        r"[A-Z][a-z]{2}\s+\d{1,2}\s+(?:\d{1,2}:\d{2}|\d{4})\s+(.+?)\s*$"
-    )
-    htar_line = re.compile(
-        r"^HTAR:\s+([-dlbcps][-rwxsStT]{9})\S*\s+\S+\s+(\d+)\s+"
-        r"\d{4}-\d{2}-\d{2}\s+\d{2}:\d{2}(?::\d{2})?\s+(.+?)\s*$"
-    )
-
-    def _hsi_list(directory: str) -> dict[str, int] | None:
-        """Regular files directly in an HPSS directory (name -> size); None if absent."""
-        rc, out, err = _run([_tool("hsi"), "-q", "ls", "-l", directory])
-        if rc != 0:
-            if _missing(out, err):
-                return None
-            raise _failed(f"hsi ls -l {directory}", rc, out, err)
-        found: dict[str, int] = {}
-        for line in (err + "\n" + out).splitlines():
-            m = ls_line.match(line.strip())
-            if m and m.group(1).startswith("-"):
-                found[posixpath.basename(m.group(3))] = int(m.group(2))
-        return found
-
-    def _htar_list(tape_path: str) -> dict[str, int] | None:
-        """Members of an htar archive (path -> size); None if it has no index/archive."""
-        rc, out, err = _run([_tool("htar"), "-tvf", tape_path])
-        if rc != 0:
-            if _missing(out, err):
-                return None
-            raise _failed(f"htar -tvf {tape_path}", rc, out, err)
-        members: dict[str, int] = {}
-        for line in (out + "\n" + err).splitlines():
-            m = htar_line.match(line.strip())
-            if m and m.group(1).startswith("-"):
-                members[m.group(3)] = int(m.group(2))
-        return members
-
-    def _summary(problems: list[str], total: int, what: str) -> str:
-        shown = "; ".join(problems[:20])
-        more = f"; ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        return f"{len(problems)} of {total} file(s) {what}: {shown}{more}"
-
-    # --- end hpss session helpers ---
+    sessions = _Sessions(max_sessions, walltime)
 
     target_root = _abs_root(target_root, "target_root")
     safe_root = _abs_root(safe_root, "safe_root")
     if not files:
         raise RuntimeError("files is empty: nothing to verify")
 
-    wanted: list[tuple[str, int]] = []
-    refused: list[str] = []
-    for item in files:
-        raw = item.get("path") if isinstance(item, dict) else None
-        size = item.get("size") if isinstance(item, dict) else None
-        rel = _clean_rel(raw)
-        if rel is None:
-            refused.append(f"{raw!r}: outside root (absolute, '..' or empty path)")
-            continue
-        for root in (safe_root, target_root):
-            joined = posixpath.normpath(posixpath.join(root, rel))
-            if not joined.startswith(root.rstrip("/") + "/"):
-                refused.append(f"{rel}: outside root {root}")
-                break
-        else:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                refused.append(f"{rel}: no valid size given")
-            else:
-                wanted.append((rel, size))
-    if refused:
-        raise RuntimeError(_summary(refused, len(files), "refused (nothing was checked)"))
+    wanted = _requested(files, safe_root, target_root)
 
     listings: dict[str, dict[str, int] | None] = {}
     archives: dict[str, dict[str, dict[str, int] | None]] = {}
@@ -675,7 +367,7 @@ def hpss_verify(
         single = safe_root.rstrip("/") + "/" + rel
         parent = posixpath.dirname(single)
         if parent not in listings:
-            listings[parent] = _hsi_list(parent)
+            listings[parent] = sessions.hsi_list(parent)
         got = (listings[parent] or {}).get(posixpath.basename(single))
         seen_sizes = [] if got is None else [got]
         if got == size:
@@ -685,12 +377,12 @@ def hpss_verify(
         if "/" in rel:
             gdir = safe_root.rstrip("/") + "/" + rel.split("/", 1)[0]
             if gdir not in listings:
-                listings[gdir] = _hsi_list(gdir)
+                listings[gdir] = sessions.hsi_list(gdir)
             if gdir not in archives:
                 archives[gdir] = {}
             for name in sorted(n for n in (listings[gdir] or {}) if n.endswith(".tar")):
                 if name not in archives[gdir]:
-                    archives[gdir][name] = _htar_list(gdir + "/" + name)
+                    archives[gdir][name] = sessions.htar_list(gdir + "/" + name)
                 members = archives[gdir][name]
                 if members is None or rel not in members:
                     continue
@@ -713,3 +405,194 @@ def hpss_verify(
         "verified": verified,
         "delete": [{"path": target_root.rstrip("/") + "/" + rel} for rel, _ in wanted],
     }
+
+
+# --- HPSS sessions ---------------------------------------------------------------------
+class _Sessions:
+    """The ``hsi``/``htar`` sessions of one call: at most ``max_sessions`` at a time on
+    this node (slot locks) and none past the call's walltime."""
+
+    def __init__(self, max_sessions: int, walltime: int) -> None:
+        self.max_sessions = max_sessions
+        self.walltime = walltime
+        self.deadline = time.monotonic() + walltime
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        lock_dir = os.environ.get("DICHROISM_HPSS_LOCK_DIR") or os.path.join(
+            tempfile.gettempdir(), "dichroism-hpss-locks"
+        )
+        os.makedirs(lock_dir, exist_ok=True)
+        held: int | None = None
+        while held is None:
+            for i in range(self.max_sessions):
+                fd = os.open(os.path.join(lock_dir, f"slot-{i:02d}.lock"), os.O_RDWR | os.O_CREAT)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                held = fd
+                break
+            if held is None:
+                if time.monotonic() >= self.deadline:
+                    raise RuntimeError(
+                        f"walltime exceeded ({self.walltime} s) while waiting for one of "
+                        f"{self.max_sessions} HPSS session slots in {lock_dir}"
+                    )
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+            os.close(held)
+
+    def run(self, argv: list[str], cwd: str | None = None) -> tuple[int, str, str]:
+        """Run one hsi/htar session under a slot; kill it when the walltime runs out."""
+        text = " ".join(shlex.quote(a) for a in argv)
+        with self._slot():
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"walltime exceeded ({self.walltime} s) before running: {text}")
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                start_new_session=True,
+            )
+            try:
+                out, err = proc.communicate(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                out, err = proc.communicate()
+                raise RuntimeError(
+                    f"walltime exceeded ({self.walltime} s): killed {text}; stderr: {_tail(err)}"
+                ) from None
+        return proc.returncode, out, err
+
+    def hsi_list(self, directory: str) -> dict[str, int] | None:
+        """Regular files directly in an HPSS directory (name -> size); None if absent."""
+        rc, out, err = self.run([_tool("hsi"), "-q", "ls", "-l", directory])
+        if rc != 0:
+            if _missing(out, err):
+                return None
+            raise _failed(f"hsi ls -l {directory}", rc, out, err)
+        found: dict[str, int] = {}
+        for line in (err + "\n" + out).splitlines():
+            m = _LS_LINE.match(line.strip())
+            if m and m.group(1).startswith("-"):
+                found[posixpath.basename(m.group(3))] = int(m.group(2))
+        return found
+
+    def htar_list(self, tape_path: str) -> dict[str, int] | None:
+        """Members of an htar archive (path -> size); None if it has no index/archive."""
+        rc, out, err = self.run([_tool("htar"), "-tvf", tape_path])
+        if rc != 0:
+            if _missing(out, err):
+                return None
+            raise _failed(f"htar -tvf {tape_path}", rc, out, err)
+        members: dict[str, int] = {}
+        for line in (out + "\n" + err).splitlines():
+            m = _HTAR_LINE.match(line.strip())
+            if m and m.group(1).startswith("-"):
+                members[m.group(3)] = int(m.group(2))
+        return members
+
+
+_LS_LINE = re.compile(
+    r"^([-dlbcpsD][-rwxsStTlL]{9})\S*\s+\d+\s+\S+\s+\S+\s+(?:\S+\s+)?(\d+)\s+"
+    r"[A-Z][a-z]{2}\s+\d{1,2}\s+(?:\d{1,2}:\d{2}|\d{4})\s+(.+?)\s*$"
+)
+_HTAR_LINE = re.compile(
+    r"^HTAR:\s+([-dlbcps][-rwxsStT]{9})\S*\s+\S+\s+(\d+)\s+"
+    r"\d{4}-\d{2}-\d{2}\s+\d{2}:\d{2}(?::\d{2})?\s+(.+?)\s*$"
+)
+
+
+def _option(options: dict[str, object], name: str) -> int:
+    value = options.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RuntimeError(f"options.{name} must be an integer >= 1 (got {value!r})")
+    return value
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"'{name}' was not found on PATH (HPSS client tools missing)")
+    return found
+
+
+def _failed(text: str, rc: int, out: str, err: str) -> RuntimeError:
+    return RuntimeError(f"{text} failed with exit code {rc}; stderr: {_tail(err or out)}")
+
+
+def _missing(out: str, err: str) -> bool:
+    both = out + err
+    return "HPSS_ENOENT" in both or "No such file" in both
+
+
+# --- path safety (the same text in cfs.py and hpss.py; a test keeps them identical) -------
+def _clean_rel(rel: object) -> str | None:
+    """Normalised relative path, or None if absolute / '..' / empty / odd."""
+    if not isinstance(rel, str) or not rel or "\x00" in rel or "\n" in rel:
+        return None
+    if rel.startswith("/") or ".." in rel.split("/"):
+        return None
+    norm = posixpath.normpath(rel)
+    if norm in (".", "") or norm.startswith("/") or norm.split("/")[0] == "..":
+        return None
+    return norm
+
+
+def _abs_root(root: object, what: str) -> str:
+    if not isinstance(root, str) or not root.startswith("/") or ".." in root.split("/"):
+        raise RuntimeError(f"{what} must be an absolute path without '..': {root!r}")
+    return posixpath.normpath(root)
+
+
+def _requested(files: list[dict[str, object]], *roots: str) -> list[tuple[str, int]]:
+    """(rel, size) of each file; raises naming every path that is unsafe or would leave one
+    of ``roots`` lexically, and every missing or invalid size (before anything is checked)."""
+    wanted: list[tuple[str, int]] = []
+    refused: list[str] = []
+    for item in files:
+        raw = item.get("path") if isinstance(item, dict) else None
+        size = item.get("size") if isinstance(item, dict) else None
+        rel = _clean_rel(raw)
+        if rel is None:
+            refused.append(f"{raw!r}: outside root (absolute, '..' or empty path)")
+            continue
+        for root in roots:
+            joined = posixpath.normpath(posixpath.join(root, rel))
+            if not joined.startswith(root.rstrip("/") + "/"):
+                refused.append(f"{rel}: outside root {root}")
+                break
+        else:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                refused.append(f"{rel}: no valid size given")
+            else:
+                wanted.append((rel, size))
+    if refused:
+        raise RuntimeError(_summary(refused, len(files), "refused (nothing was checked)"))
+    return wanted
+
+
+def _summary(problems: list[str], total: int, what: str) -> str:
+    shown = "; ".join(problems[:20])
+    more = f"; ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return f"{len(problems)} of {total} file(s) {what}: {shown}{more}"
+
+
+# --- end path safety ---
