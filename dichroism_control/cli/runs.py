@@ -1,9 +1,134 @@
-"""`dichroism runs` (being written)."""
+"""`dichroism runs list|show|logs|cancel`: the flows' runs, from whichever backend runs them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from dichroism_control.cli.context import Context
+
+runs_app = typer.Typer(
+    name="runs",
+    help="Runs of the dichroism flows: list, show, logs, cancel.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.add_typer(runs_app, name="runs")
+
+
+def _flow_ids(state: Context, flow: str) -> dict[str, str]:
+    """{flow id: flow name} for --flow (all: every deployed flow)."""
+    from dichroism_control.config import FLOW_NAMES
+    from dichroism_control.errors import ConfigError
+
+    deployment = state.deployment()
+    if flow == "all":
+        ids = {deployment.flows[n]: n for n in FLOW_NAMES if n in deployment.flows}
+        if not ids:
+            deployment.flow_id("new_file")  # the "not deployed" message
+        return ids
+    if flow not in FLOW_NAMES:
+        raise ConfigError(f"--flow: must be one of {', '.join(FLOW_NAMES)}, all; not {flow!r}")
+    return {deployment.flow_id(flow): flow}
+
+
+@runs_app.command("list")
+def list_runs(
+    ctx: typer.Context,
+    *,
+    flow: Annotated[
+        str, typer.Option("--flow", help="new_file | archive | prune | all.")
+    ] = "new_file",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many runs.")] = 20,
+) -> None:
+    """The latest runs, newest first (pages fetched only as far as --limit needs)."""
+    import itertools
+
+    state: Context = ctx.obj
+    ids = _flow_ids(state, flow)
+    backend = state.backend()
+    runs = []
+    for run in itertools.islice(backend.iter_runs(flow_ids=list(ids)), limit):
+        runs.append({**_summary(run), "flow": ids.get(str(run.get("flow_id")), run.get("flow_id"))})
+    state.emit({"runs": runs, "count": len(runs), "limit": limit}, text=_list_text)
+
+
+def _summary(run: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "run_id": run.get("run_id"),
+        "flow_id": run.get("flow_id"),
+        "status": run.get("status"),
+        "label": run.get("label"),
+        "tags": run.get("tags", []),
+        "start_time": run.get("start_time"),
+        "completion_time": run.get("completion_time"),
+    }
+
+
+def _list_text(data: dict[str, Any]) -> str:
+    from dichroism_control.output import table
+
+    if not data["runs"]:
+        return "no runs"
+    rows = [
+        [r["run_id"], r["flow"], r["status"], r["start_time"], r["label"]] for r in data["runs"]
+    ]
+    return table(rows, ["run_id", "flow", "status", "started", "label"])
+
+
+@runs_app.command("show")
+def show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
+    """One run's document: status, label, tags, details."""
+    import json
+
+    state: Context = ctx.obj
+    run = state.backend().get_run(run_id)
+
+    def text(doc: dict[str, Any]) -> str:
+        lines = [f"{k}: {doc.get(k)}" for k in ("run_id", "status", "label", "start_time")]
+        lines.append(f"tags: {', '.join(doc.get('tags') or [])}")
+        if doc.get("completion_time"):
+            lines.append(f"completion_time: {doc['completion_time']}")
+        details = doc.get("details") or {}
+        if details:
+            lines.append("details: " + json.dumps(details, indent=2, default=str))
+        return "\n".join(lines)
+
+    state.emit(run, text=text)
+
+
+@runs_app.command("logs")
+def logs(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    *,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many entries.")] = 100,
+) -> None:
+    """The run's log entries, oldest first (paginated)."""
+    import itertools
+
+    state: Context = ctx.obj
+    entries = list(itertools.islice(state.backend().iter_run_logs(run_id), limit))
+
+    def text(data: dict[str, Any]) -> str:
+        if not data["entries"]:
+            return "no log entries"
+        return "\n".join(
+            f"{e.get('time', '')}  {e.get('code', '')}: {e.get('description', '')}".strip()
+            for e in data["entries"]
+        )
+
+    state.emit({"run_id": run_id, "entries": entries}, text=text)
+
+
+@runs_app.command("cancel")
+def cancel(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
+    """Cancel a run (it ends with status ENDED)."""
+    state: Context = ctx.obj
+    run = state.backend().cancel_run(run_id)
+    state.emit(run, text=lambda d: f"{run_id}: cancel requested (status {d.get('status')})")

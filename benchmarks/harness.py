@@ -1,0 +1,150 @@
+"""Shared by the benchmarks: a loopback Flows server, a config, a `dichroism watch` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+DICHROISM = str(Path(PYTHON).with_name("dichroism"))
+FLOW_ID = "9a3f5c1e-2b4d-4e6f-8a7b-1c2d3e4f5a6b"
+FUNCTION_ID = "3e8d2c1b-4a5f-4b6c-9d7e-8f9a0b1c2d3e"
+
+
+def uid(n: int) -> str:
+    return f"4f1e2d3c-5b6a-4788-9a0b-{n:012d}"
+
+
+class Server:
+    def __init__(self, workdir: Path) -> None:
+        port_file = workdir / "server.port"
+        self.proc = subprocess.Popen(
+            [PYTHON, str(HERE / "flows_server.py"), "--port-file", str(port_file)]
+        )
+        deadline = time.monotonic() + 10
+        while not port_file.exists() or not port_file.read_text():
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{port_file.read_text()}/"
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "_stats") as response:
+            data: dict[str, Any] = json.load(response)
+            return data
+
+    def fail(self, **spec: Any) -> None:
+        request = urllib.request.Request(
+            self.url + "_fail", data=json.dumps(spec).encode(), method="POST"
+        )
+        urllib.request.urlopen(request).read()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def write_config(workdir: Path, *, settle: float) -> Path:
+    data = {
+        "backend": "globus",
+        "state_dir": str(workdir / "state"),
+        "globus": {
+            "endpoints": {
+                "bl402-compute-dtn": {
+                    "root_path": "/",
+                    "uri": "compute-dtn.als.lbl.gov",
+                    "uuid": uid(402),
+                    "name": "bl402-compute-dtn",
+                },
+                "bl402-nersc_alsdev_raw": {
+                    "root_path": "/global/cfs/cdirs/als/data_mover/4.0.2/raw",
+                    "uri": "nersc.gov",
+                    "uuid": uid(4020),
+                    "name": "bl402-nersc_alsdev_raw",
+                },
+            },
+            "compute_endpoints": {"nersc": uid(1), "scicat": uid(2)},
+            "flows": {"new_file": {"title": "Dichroism: new scan", "id": FLOW_ID}},
+            "functions": {"scicat_ingest": FUNCTION_ID},
+        },
+        "beamlines": {
+            "bl402": {
+                "watch": {"root": str(workdir / "data" / "bl402"), "settle_seconds": settle},
+                "source": "bl402-compute-dtn",
+                "destination": "bl402-nersc_alsdev_raw",
+                "hpss_root": "/home/a/alsdev/data_mover/4.0.2",
+                "scicat": {"instrument_id": "4.0.2", "owner_group": "als-4.0.2"},
+            }
+        },
+        # The benchmark's lifecycle loop (if installed) must not add HTTP traffic.
+        "lifecycle": {"poll_seconds": 3600},
+    }
+    (workdir / "data" / "bl402").mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def env_for(server: Server) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        GLOBUS_SDK_SERVICE_URL_FLOWS=server.url,
+        GLOBUS_SDK_SERVICE_URL_AUTH=server.url,
+        GLOBUS_CLIENT_ID="7d7d7d7d-0000-4000-8000-00000000be4c",
+        GLOBUS_CLIENT_SECRET="benchmark-secret",
+    )
+    return env
+
+
+class Watch:
+    def __init__(self, config: Path, server: Server, log: Path) -> None:
+        self.log = open(log, "ab")  # noqa: SIM115 (closed in stop/kill)
+        self.proc = subprocess.Popen(
+            [DICHROISM, "--config", str(config), "watch"],
+            env=env_for(server),
+            stdout=self.log,
+            stderr=self.log,
+        )
+
+    def wait_ready(self, log: Path, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while b"watching" not in log.read_bytes():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("watcher did not start:\n" + log.read_text()[-3000:])
+            time.sleep(0.05)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(60)
+        self.log.close()
+        return code
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
