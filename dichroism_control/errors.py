@@ -1,4 +1,7 @@
-"""Exceptions the CLI turns into one-line messages and exit codes (DESIGN: 0 ok, 1 failed, 2 bad input)."""
+"""Exceptions the CLI turns into one-line messages and exit codes.
+
+DESIGN: 0 ok, 1 operation failed, 2 bad usage / config / input.
+"""
 
 from __future__ import annotations
 

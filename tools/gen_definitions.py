@@ -48,8 +48,16 @@ def fail(error: str, cause: str) -> dict:
     return {"Type": "Fail", "Error": error, "Cause": cause}
 
 
-def compute_action(endpoint: str, function: str, kwargs: dict, result: str, on_error: str,
-                   wait: int, comment: str, **nxt) -> dict:
+def compute_action(
+    endpoint: str,
+    function: str,
+    kwargs: dict,
+    result: str,
+    on_error: str,
+    wait: int,
+    comment: str,
+    **nxt,
+) -> dict:
     return {
         "Type": "Action",
         "Comment": comment,
@@ -360,6 +368,7 @@ prune = {
         }
     ),
 }
+
 
 def wrapped(schema: dict) -> dict:
     # The run body is the initial run state; like gladier and the Globus tutorials we keep the
