@@ -463,10 +463,17 @@ class Launcher:
         if not pending:
             return {}
         stop_before = min(since for since, _ in pending.values()) - self.lookup_margin
+        # A scan the lifecycle loop re-queued after a failed run keeps its label: that failed
+        # run must not be adopted as the new attempt.
+        handled = {
+            row["run_id"]
+            for row in self.ledger.query("SELECT run_id FROM run_failures WHERE flow = 'new_file'")
+        }
         found: dict[str, dict[str, Any]] = {}
         for run in self.backend.iter_runs(flow_ids=[self.flow_id]):
             label = run.get("label")
-            if isinstance(label, str) and label in pending and label not in found:
+            adoptable = run.get("run_id") not in handled
+            if adoptable and isinstance(label, str) and label in pending and label not in found:
                 beamline = pending[label][1]
                 if set(run_tags(beamline)) <= set(run.get("tags") or []):
                     found[label] = run

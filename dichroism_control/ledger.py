@@ -227,6 +227,21 @@ class Ledger:
             (limit,),
         )
 
+    def batch_failures(self, *, limit: int = 20) -> list[sqlite3.Row]:
+        """Failed archive groups and prune batches, newest first.
+
+        A failed prune leaves its scans in their state (nothing was deleted), so the failure
+        is only visible here, not in `recent_failures`.
+        """
+        return self.query(
+            "SELECT 'archive' AS step, beamline, archive_name AS subject, label, run_id,"
+            " last_error, attempts, updated_at FROM archive_groups WHERE state = 'failed'"
+            " UNION ALL SELECT 'prune ' || location, beamline, batch, label, run_id, last_error,"
+            " files, updated_at FROM prune_timers WHERE state = 'failed'"
+            " ORDER BY updated_at DESC LIMIT ?",
+            (limit,),
+        )
+
 
 _SCAN_COLUMNS = {
     "state",

@@ -1065,23 +1065,6 @@ def _timer_id(timer: dict[str, Any]) -> str | None:
 LIVE_BATCH_STATES = ("scheduling", "scheduled", "failed")
 
 
-def lifecycle_failures(ledger: Ledger, *, limit: int = 20) -> list[dict[str, Any]]:
-    """Failed archive groups and prune batches, newest first.
-
-    Failed *scans* are in `Ledger.recent_failures`; a failed prune leaves its scans in their
-    state (nothing was deleted), so it is only visible here.
-    """
-    rows = ledger.query(
-        "SELECT 'archive' AS step, beamline, archive_name AS subject, label, run_id,"
-        " last_error, attempts, updated_at FROM archive_groups WHERE state = 'failed'"
-        " UNION ALL SELECT 'prune ' || location, beamline, batch, label, run_id, last_error,"
-        " files, updated_at FROM prune_timers WHERE state = 'failed'"
-        " ORDER BY updated_at DESC LIMIT ?",
-        (limit,),
-    )
-    return [dict(row) for row in rows]
-
-
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else _utc(float(ts)).isoformat()
 

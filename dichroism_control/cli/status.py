@@ -55,7 +55,19 @@ def status(
         }
         for row in ledger.recent_failures(limit=failures)
     ]
-    state.emit({"beamlines": beamlines, "failures": recent}, text=_text)
+    batches = [
+        {
+            "step": row["step"],
+            "beamline": row["beamline"],
+            "subject": row["subject"],
+            "label": row["label"],
+            "reason": row["last_error"],
+            "run_id": row["run_id"],
+            "at": datetime.fromtimestamp(row["updated_at"], UTC).isoformat(timespec="seconds"),
+        }
+        for row in ledger.batch_failures(limit=failures)
+    ]
+    state.emit({"beamlines": beamlines, "failures": recent, "batch_failures": batches}, text=_text)
 
 
 def _text(report: dict[str, Any]) -> str:
@@ -80,6 +92,14 @@ def _text(report: dict[str, Any]) -> str:
                 f"  {item['at']}  {item['beamline']} {item['rel']}  [{item['step']}, "
                 f"{item['attempts']} attempt(s)]: {item['reason']}"
             )
-    else:
+    if report["batch_failures"]:
+        lines.append("")
+        lines.append(f"failed archive groups / prune batches ({len(report['batch_failures'])}):")
+        for item in report["batch_failures"]:
+            lines.append(
+                f"  {item['at']}  {item['beamline']} {item['step']} {item['subject']}"
+                f" (run {item['run_id']}): {item['reason']}"
+            )
+    if not report["failures"] and not report["batch_failures"]:
         lines.append("no failures")
     return "\n".join(lines)

@@ -78,3 +78,27 @@ def test_lifecycle_once_and_timers_list_cancel(cli: tuple[World, Callable[..., A
     batches = {b["batch"]: b["state"] for b in world.batches()}
     assert sorted(batches.values()) == ["cancelled", "scheduled"]
     assert any(key.endswith("#2") for key in batches)
+
+
+def test_status_shows_a_failed_prune_batch(cli: tuple[World, Callable[..., Any]]) -> None:
+    """A failed prune changes no scan (nothing was deleted): status must still show it."""
+    world, run = cli
+    world.finish(world.submitted([("bl402", "P1/a.h5", 1)]))
+    world.lifecycle().run_once()
+    world.clock.now = T0 + 181 * DAY
+    world.lifecycle().run_once()
+    (run_id,) = world.fire_timers()
+    world.finish(
+        [run_id], "FAILED", error={"Error": "VerificationFailed", "Cause": "P1/a.h5: size differs"}
+    )
+    world.lifecycle().run_once()
+
+    result = run("--format", "json", "status")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["failures"] == []
+    (batch,) = report["batch_failures"]
+    assert batch["step"] == "prune compute_dtn" and "size differs" in batch["reason"]
+    text = run("status")
+    assert "failed archive groups / prune batches (1):" in text.stdout
+    assert "no failures" not in text.stdout

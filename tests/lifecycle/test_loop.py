@@ -13,7 +13,6 @@ import pytest
 
 from dichroism_control.definitions import load_document, specialise
 from dichroism_control.errors import ConfigError
-from dichroism_control.lifecycle import lifecycle_failures
 from dichroism_control.routing import cfs_root_path, hpss_directory, source_root_path
 from tests.conftest import GROUP, IDS
 from tests.fakes import FakeBackend
@@ -380,7 +379,7 @@ def test_failed_archive_retried_then_scans_failed(make_world: Callable[..., Worl
     assert {s["state"] for s in scans} == {"failed"} and {s["failed_step"] for s in scans} == {
         "archive"
     }
-    assert lifecycle_failures(world.ledger)[0]["step"] == "archive"
+    assert dict(world.ledger.batch_failures()[0])["step"] == "archive"
 
 
 def test_failed_prune_keeps_scans_and_shows_then_cancel_reschedules(world: World) -> None:
@@ -400,7 +399,7 @@ def test_failed_prune_keeps_scans_and_shows_then_cancel_reschedules(world: World
     assert batch["state"] == "failed" and "size differs" in batch["last_error"]
     (scan,) = world.scans()
     assert scan["dtn_pruned_at"] is None and scan["state"] != "failed"
-    failure = lifecycle_failures(world.ledger)[0]
+    failure = dict(world.ledger.batch_failures()[0])
     assert failure["step"] == "prune compute_dtn" and "size differs" in failure["last_error"]
     listed = list_timers(world.ledger, world.backend)["timers"]
     assert [t["state"] for t in listed] == ["failed"]
