@@ -136,10 +136,14 @@ class Scan:
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
 
-class Ledger:
-    """A thread-safe handle on the ledger file (one connection, serialised by a lock)."""
+class Database:
+    """A thread-safe handle on one SQLite file in WAL mode (one connection, one lock).
 
-    def __init__(self, path: Path) -> None:
+    WAL lets `dichroism status` read while the watcher writes, and lets the local backend's
+    tables share the file with the ledger.
+    """
+
+    def __init__(self, path: Path, schema: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
@@ -151,7 +155,7 @@ class Ledger:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self.transaction() as conn:
-            conn.executescript(SCHEMA)
+            conn.executescript(schema)
 
     def close(self) -> None:
         with self._lock:
@@ -171,6 +175,18 @@ class Ledger:
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return list(self._conn.execute(sql, params))
+
+    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
+        """One statement in its own transaction; returns the rowcount (a claim's winner)."""
+        with self.transaction() as conn:
+            return conn.execute(sql, params).rowcount
+
+
+class Ledger(Database):
+    """The scans, archive groups and prune batches (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, SCHEMA)
 
     # -- scans ---------------------------------------------------------------------------
     def add_scan(

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from dichroism_control.ledger import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS local_flows (
@@ -120,39 +118,8 @@ def owner_alive(token: str) -> bool:
     return start == "?" or current is None or current == start
 
 
-class LocalStore:
-    """A thread-safe handle on the `local_*` tables of the ledger file."""
+class LocalStore(Database):
+    """The `local_*` tables of the ledger file."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.RLock()
-        self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        with self.transaction() as conn:
-            conn.executescript(SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._conn
-                self._conn.commit()
-            except BaseException:
-                self._conn.rollback()
-                raise
-
-    def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return list(self._conn.execute(sql, params))
-
-    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
-        """One statement in its own transaction; returns the rowcount (the claim's winner)."""
-        with self.transaction() as conn:
-            return conn.execute(sql, params).rowcount
+        super().__init__(path, SCHEMA)
