@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import posixpath
+import queue
 import shutil
 import signal
 import stat
@@ -73,12 +74,15 @@ TRANSFER_URLS = {op: f"{TRANSFER_BASE}/{op}" for op in TRANSFER_OPERATIONS}
 COMPUTE_URL = "https://compute.actions.globus.org/v3"
 FAKE_HPSS_DIR = Path(__file__).resolve().parent / "fake_hpss"
 
-# One kernel copy call per chunk: large enough to keep the syscall count trivial, small
-# enough that a cancel is noticed within a fraction of a second.
-COPY_CHUNK = 64 * 2**20
+# A copy moves COPY_BLOCK at a time through a buffer small enough to stay in L2 cache
+# between the read, the checksum and the write; COPY_CHUNK is the unit of work a thread
+# takes (and reads back to verify) and COPY_THREADS how many share a combinable checksum.
+COPY_BLOCK = 256 * 2**10
+COPY_CHUNK = 16 * 2**20
+COPY_THREADS = 2
 HASH_BUFFER = 8 * 2**20
-# CRC32 is the local default: zlib's runs at ~3 GB/s and releases the GIL, so hashing the
-# source beside the kernel copy keeps a verified copy close to `cp` (benchmarks/). It
+# CRC32 is the local default: zlib's runs at ~2.5 GB/s a core, releases the GIL and its
+# sums combine, so both cores can copy and checksum (benchmarks/bench_local_transfer.py). It
 # detects corrupted copies, which is what verification is for; a body may still ask for
 # MD5/SHA1/SHA256/SHA512 (`checksum_algorithm`), as Globus Transfer allows.
 DEFAULT_CHECKSUM = "CRC32"
@@ -132,13 +136,13 @@ class _Crc:
 
     def __init__(self, fn: Callable[[Any, int], int], start: int) -> None:
         self._fn = fn
-        self._value = start
+        self.value = start
 
     def update(self, data: Any) -> None:
-        self._value = self._fn(data, self._value)
+        self.value = self._fn(data, self.value)
 
     def hexdigest(self) -> str:
-        return f"{self._value & 0xFFFFFFFF:08x}"
+        return f"{self.value & 0xFFFFFFFF:08x}"
 
 
 class _Hasher(Protocol):
@@ -159,6 +163,55 @@ def _hasher(algorithm: str) -> _Hasher:
     if name in _HASHLIB:
         return hashlib.new(_HASHLIB[name])
     raise ValueError(f"unknown checksum_algorithm {algorithm!r} (known: {CHECKSUM_ALGORITHMS})")
+
+
+def _crc32_multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial (bit-reflected, as zlib's crc32_combine)."""
+    m = 1 << 31
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if a & (m - 1) == 0:
+                return p
+        m >>= 1
+        b = (b >> 1) ^ 0xEDB88320 if b & 1 else b >> 1
+
+
+_CRC32_X2N = [1 << 30]  # x^(2^k) modulo the polynomial, k = 0..31
+for _ in range(31):
+    _CRC32_X2N.append(_crc32_multmodp(_CRC32_X2N[-1], _CRC32_X2N[-1]))
+
+
+def _crc32_combine(crc1: int, crc2: int, len2: int) -> int:
+    """CRC-32 of A+B from crc(A), crc(B) and len(B) (zlib's crc32_combine)."""
+    p = 1 << 31  # x^0
+    k = 3  # len2 bytes = 8 * len2 bits
+    while len2:
+        if len2 & 1:
+            p = _crc32_multmodp(_CRC32_X2N[k & 31], p)
+        len2 >>= 1
+        k += 1
+    return _crc32_multmodp(p, crc1) ^ crc2
+
+
+def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
+    """Adler-32 of A+B from adler(A), adler(B) and len(B) (zlib's adler32_combine)."""
+    base = 65521
+    rem = len2 % base
+    sum1 = adler1 & 0xFFFF
+    sum2 = (rem * sum1) % base
+    sum1 = (sum1 + (adler2 & 0xFFFF) + base - 1) % base
+    sum2 = (sum2 + (adler1 >> 16) + (adler2 >> 16) + base - rem) % base
+    return sum1 | (sum2 << 16)
+
+
+# Checksums whose pieces combine: a copy splits the file into chunks that both cores copy
+# and checksum independently. Others (hashlib) must see the bytes in order.
+_COMBINABLE: dict[str, tuple[Callable[[Any, int], int], int, Callable[[int, int, int], int]]] = {
+    "CRC32": (zlib.crc32, 0, _crc32_combine),
+    "ADLER32": (zlib.adler32, 1, _adler32_combine),
+}
 
 
 class Canceled(Exception):
@@ -191,35 +244,160 @@ def checksum_file(path: Path, algorithm: str = DEFAULT_CHECKSUM) -> str:
         os.close(fd)
 
 
-def _kernel_copy(src: int, dst: int, size: int, cancel: threading.Event | None) -> None:
-    """Copy `size` bytes src -> dst inside the kernel when it can (copy_file_range: no
-    user-space buffers); otherwise a plain buffered loop."""
-    offset = 0
-    use_cfr = hasattr(os, "copy_file_range")
-    buffer: bytearray | None = None
-    while offset < size:
-        if cancel is not None and cancel.is_set():
+class _Copy:
+    """One verified copy of `size` bytes from `fd_src` to `fd_dst`, in user space.
+
+    Each block is read once into a small reusable buffer, checksummed there and written
+    from there (so the source checksum is of exactly the bytes written, the source is read
+    once, and the buffer is still in L2 cache for the checksum and the write). With
+    `verify`, every chunk of the copy is then read back from `fd_dst` (mapped, see
+    `_read_back`) and checksummed independently; the caller compares the two sums.
+
+    CRC32 and Adler-32 combine, so the chunks are shared between threads (one per core,
+    at most two) and their sums combined; other algorithms need the bytes in order, so one
+    thread copies while another reads the copy back a chunk behind.
+    """
+
+    def __init__(
+        self,
+        fd_src: int,
+        fd_dst: int,
+        size: int,
+        algorithm: str,
+        verify: bool,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.fd_src = fd_src
+        self.fd_dst = fd_dst
+        self.size = size
+        self.algorithm = algorithm
+        self.verify = verify
+        self.cancel = cancel
+        self.failed = threading.Event()  # a worker failed: the others stop
+
+    def _check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
             raise Canceled()
-        want = min(COPY_CHUNK, size - offset)
-        if use_cfr:
+        if self.failed.is_set():
+            raise Canceled()  # the first error is the one reported
+
+    def _copy_range(
+        self, offset: int, end: int, view: memoryview, update: Callable[[Any], None]
+    ) -> None:
+        while offset < end:
+            self._check()
+            got = os.preadv(self.fd_src, [view[: min(len(view), end - offset)]], offset)
+            if got <= 0:
+                raise OSError(f"source shrank during the copy (at byte {offset} of {self.size})")
+            data = view[:got]
+            update(data)
+            written = 0
+            while written < got:
+                written += os.pwrite(self.fd_dst, data[written:], offset + written)
+            offset += got
+
+    def _read_back(
+        self, offset: int, end: int, view: memoryview, update: Callable[[Any], None]
+    ) -> None:
+        """Checksum bytes [offset, end) of the copy as they now read back from it.
+
+        Plain reads, not a memory map: a map is ~10 % faster, but an I/O error while reading
+        a mapped file is a SIGBUS that would kill the watcher process hosting this provider,
+        where a read error is an ordinary failed transfer.
+        """
+        self._check()
+        while offset < end:
+            self._check()
+            got = os.preadv(self.fd_dst, [view[: min(len(view), end - offset)]], offset)
+            if got <= 0:
+                raise OSError(f"the copy is short (at byte {offset} of {self.size})")
+            update(view[:got])
+            offset += got
+
+    def _chunks(self) -> list[tuple[int, int]]:
+        return [(o, min(o + COPY_CHUNK, self.size)) for o in range(0, self.size, COPY_CHUNK)]
+
+    def _threads(self, targets: list[Callable[[], None]]) -> None:
+        errors: list[BaseException] = []
+
+        def guarded(target: Callable[[], None]) -> None:
             try:
-                done = os.copy_file_range(src, dst, want, offset, offset)
-            except OSError:
-                # Some filesystems / old kernels refuse it (EXDEV, ENOSYS, EINVAL).
-                use_cfr = False
-                continue
-        else:
-            if buffer is None:
-                buffer = bytearray(min(COPY_CHUNK, size))
-            view = memoryview(buffer)[:want]
-            done = os.preadv(src, [view], offset)
-            if done > 0:
-                written = 0
-                while written < done:
-                    written += os.pwrite(dst, view[written:done], offset + written)
-        if done <= 0:
-            raise OSError(f"source shrank during the copy (at byte {offset} of {size})")
-        offset += done
+                target()
+            except BaseException as exc:
+                errors.append(exc)
+                self.failed.set()
+
+        threads = [
+            threading.Thread(target=guarded, args=(t,), name=f"copy-{i}", daemon=True)
+            for i, t in enumerate(targets[1:])
+        ]
+        for thread in threads:
+            thread.start()
+        guarded(targets[0])  # the calling thread does its share
+        for thread in threads:
+            thread.join()
+        if errors:
+            # a Canceled raised only because another worker failed is not the story
+            real = [e for e in errors if not isinstance(e, Canceled)]
+            raise (real or errors)[0]
+
+    def run(self) -> tuple[str, str | None]:
+        """(source checksum, copy checksum or None without verify)."""
+        if self.algorithm.upper() in _COMBINABLE:
+            return self._run_combined()
+        return self._run_ordered()
+
+    def _run_combined(self) -> tuple[str, str | None]:
+        fn, start, combine = _COMBINABLE[self.algorithm.upper()]
+        chunks = self._chunks()
+        sums: list[tuple[int, int]] = [(start, start)] * len(chunks)
+        lock = threading.Lock()
+        pending = iter(range(len(chunks)))
+
+        def worker() -> None:
+            view = memoryview(bytearray(COPY_BLOCK))
+            while True:
+                with lock:
+                    k = next(pending, None)
+                if k is None:
+                    return
+                offset, end = chunks[k]
+                src, dst = _Crc(fn, start), _Crc(fn, start)
+                self._copy_range(offset, end, view, src.update)
+                if self.verify:
+                    self._read_back(offset, end, view, dst.update)
+                sums[k] = (src.value, dst.value)
+
+        workers = max(1, min(COPY_THREADS, os.cpu_count() or 1, len(chunks)))
+        self._threads([worker] * workers)
+        src_sum = dst_sum = start
+        for (offset, end), (s, d) in zip(chunks, sums, strict=True):
+            src_sum = combine(src_sum, s, end - offset)
+            dst_sum = combine(dst_sum, d, end - offset)
+        src_hex = f"{src_sum & 0xFFFFFFFF:08x}"
+        return src_hex, (f"{dst_sum & 0xFFFFFFFF:08x}" if self.verify else None)
+
+    def _run_ordered(self) -> tuple[str, str | None]:
+        source = _hasher(self.algorithm)
+        copy = _hasher(self.algorithm)
+        done: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+
+        def copier() -> None:
+            view = memoryview(bytearray(COPY_BLOCK))
+            try:
+                for offset, end in self._chunks():
+                    self._copy_range(offset, end, view, source.update)
+                    done.put((offset, end))
+            finally:
+                done.put(None)
+
+        def verifier() -> None:
+            view = memoryview(bytearray(COPY_BLOCK))
+            while (item := done.get()) is not None:
+                self._read_back(*item, view, copy.update)
+
+        self._threads([copier, verifier] if self.verify else [copier])
+        return source.hexdigest(), (copy.hexdigest() if self.verify else None)
 
 
 @dataclass
@@ -241,38 +419,27 @@ def copy_file(
     verify: bool = True,
     cancel: threading.Event | None = None,
 ) -> CopyResult:
-    """Copy one file with its checksum computed on the way; with `verify`, re-read the
-    written copy and compare before it replaces `dst` (temp file + os.replace, so `dst` is
-    never a partial file).
-
-    The source is hashed in a helper thread while the kernel copies it (hashlib and zlib
-    release the GIL), so a verified copy costs about one extra read of the destination.
+    """Copy one file with its checksum computed on the way; with `verify`, read the written
+    copy back, checksum it and compare before it replaces `dst` (temp file + os.replace, so
+    `dst` is never a partial file). See `_Copy` for how the work is split between cores.
     """
+    _hasher(algorithm)  # an unknown algorithm fails before anything is written
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd_dst, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
     try:
         fd_src = os.open(src, os.O_RDONLY)
         try:
             size = os.fstat(fd_src).st_size
-            with ThreadPoolExecutor(1, thread_name_prefix="hash") as pool:
-                source_sum = pool.submit(_hash_fd, fd_src, algorithm, size, cancel)
-                try:
-                    _kernel_copy(fd_src, fd_dst, size, cancel)
-                finally:
-                    # never leave the helper reading a closed fd
-                    error = source_sum.exception()
-            if error is not None:
-                raise error
-            checksum = source_sum.result()
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(fd_src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            checksum, copied = _Copy(fd_src, fd_dst, size, algorithm, verify, cancel).run()
         finally:
             os.close(fd_src)
-        if verify:
-            copied = _hash_fd(fd_dst, algorithm, size, cancel)
-            if copied != checksum or os.fstat(fd_dst).st_size != size:
-                raise ChecksumMismatch(
-                    f"checksum mismatch after copying {src} -> {dst}: "
-                    f"source {algorithm} {checksum}, copy {copied}"
-                )
+        if verify and (copied != checksum or os.fstat(fd_dst).st_size != size):
+            raise ChecksumMismatch(
+                f"checksum mismatch after copying {src} -> {dst}: "
+                f"source {algorithm} {checksum}, copy {copied}"
+            )
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd_dst, 0o666 & ~umask)  # mkstemp makes 0600; a copy gets normal perms
