@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sqlite3
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from harness import Server, Watch, percentile, write_config
+from harness import Server, Watch, load_average, percentile, write_config
 
 
 def _write(path: Path, data: bytes) -> float:
@@ -31,11 +32,9 @@ def _write(path: Path, data: bytes) -> float:
 
 def _wait_runs(server: Server, n: int, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
-    while True:
-        stats = server.stats()
-        if stats["runs"] >= n or time.monotonic() > deadline:
-            return stats
+    while server.stats(summary=True)["runs"] < n and time.monotonic() <= deadline:
         time.sleep(0.1)
+    return server.stats()
 
 
 def latency(workdir: Path, *, files: int = 200, settle: float = 0.5) -> dict[str, Any]:
@@ -79,7 +78,9 @@ def latency(workdir: Path, *, files: int = 200, settle: float = 0.5) -> dict[str
     }
 
 
-def burst(workdir: Path, *, files: int = 10_000, settle: float = 0.5) -> dict[str, Any]:
+def burst(
+    workdir: Path, *, files: int = 10_000, settle: float = 0.5, profile: Path | None = None
+) -> dict[str, Any]:
     server = Server(workdir)
     config = write_config(workdir, settle=settle)
     log = workdir / "watch.log"
@@ -89,7 +90,12 @@ def burst(workdir: Path, *, files: int = 10_000, settle: float = 0.5) -> dict[st
         root = workdir / "data" / "bl402"
         _write(root / "warm" / "up.h5", b"x")
         _wait_runs(server, 1, 20)
+        if profile is not None:
+            watch.profile(profile, gil=os.environ.get("BENCH_PROFILE_GIL") == "1")
+            time.sleep(1.0)  # py-spy attaches
         expected = set()
+        load_before = load_average()
+        server_cpu0 = server.cpu_seconds()
         t0 = time.time()
         for i in range(files):
             rel = f"P{i % 10}/u{i % 7}/b_{i:05d}.h5"
@@ -99,6 +105,9 @@ def burst(workdir: Path, *, files: int = 10_000, settle: float = 0.5) -> dict[st
         stats = _wait_runs(server, files + 1, 300)
         rss = watch.peak_rss_mb()
         cpu = watch.cpu_seconds()
+        split = watch.cpu_split()
+        server_cpu = server.cpu_seconds() - server_cpu0
+        load_after = load_average()
     finally:
         code = watch.stop()
         server.close()
@@ -117,7 +126,11 @@ def burst(workdir: Path, *, files: int = 10_000, settle: float = 0.5) -> dict[st
         "seconds_first_write_to_last_run": round(last - t0, 2),
         "lost": lost,
         "watcher_cpu_ms_per_run": round(1000 * cpu / files, 2),
+        "watcher_user_sys_ms_per_run": [round(1000 * split[k] / files, 2) for k in split],
         "duplicated": duplicated,
+        "server_cpu_ms_per_run": round(1000 * server_cpu / files, 2),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
         "peak_rss_mb": round(rss, 1),
         "ledger_states": states,
         "token_grants": stats["tokens"],
@@ -158,6 +171,11 @@ def main() -> None:
     parser.add_argument("which", choices=["latency", "burst", "idle", "all"])
     parser.add_argument("--files", type=int)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="burst only: write py-spy collapsed stacks of the watcher (all threads) here",
+    )
     args = parser.parse_args()
     results = {}
     for name in ("latency", "burst", "idle"):
@@ -169,6 +187,8 @@ def main() -> None:
                 kwargs["files"] = args.files
             if name == "idle":
                 kwargs["seconds"] = args.seconds
+            if name == "burst" and args.profile:
+                kwargs["profile"] = args.profile.resolve()
             results[name] = {"latency": latency, "burst": burst, "idle": idle}[name](
                 Path(tmp), **kwargs
             )

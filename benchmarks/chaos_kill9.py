@@ -47,7 +47,7 @@ def main() -> None:
         kills = []
         for _ in range(args.kills):
             time.sleep(rng.uniform(0.2, 1.5))
-            before = server.stats()["runs"]
+            before = server.stats(summary=True)["runs"]
             watch.kill()
             kills.append(before)
             time.sleep(rng.uniform(0.0, 0.3))
@@ -55,7 +55,7 @@ def main() -> None:
             watch.wait_ready(log)
         thread.join()
         deadline = time.monotonic() + 120
-        while server.stats()["runs"] < len(expected) and time.monotonic() < deadline:
+        while server.stats(summary=True)["runs"] < len(expected) and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)
         code = watch.stop()

@@ -38,8 +38,13 @@ class Server:
             time.sleep(0.02)
         self.url = f"http://127.0.0.1:{port_file.read_text()}/"
 
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + "_stats") as response:
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
+
+    def stats(self, *, summary: bool = False) -> dict[str, Any]:
+        """The server's record; `summary`: only the counts (cheap enough to poll)."""
+        url = self.url + ("_stats?summary=1" if summary else "_stats")
+        with urllib.request.urlopen(url) as response:
             data: dict[str, Any] = json.load(response)
             return data
 
@@ -95,6 +100,21 @@ def write_config(workdir: Path, *, settle: float) -> Path:
     return path
 
 
+def dichroism_command() -> list[str]:
+    """The `dichroism` entry point; with BENCH_SOURCE=/other/checkout, that checkout's code
+    (A/B runs of the same benchmark against an older revision)."""
+    source = os.environ.get("BENCH_SOURCE")
+    if not source:
+        return [DICHROISM]
+    code = (
+        "import sys; sys.meta_path[:] = [f for f in sys.meta_path"
+        " if '__editable__' not in type(f).__module__]; "
+        f"sys.path.insert(0, {source!r}); "
+        "from dichroism_control.cli.main import main; sys.exit(main())"
+    )
+    return [PYTHON, "-c", code]
+
+
 def env_for(server: Server) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -110,11 +130,39 @@ class Watch:
     def __init__(self, config: Path, server: Server, log: Path) -> None:
         self.log = open(log, "ab")  # noqa: SIM115 (closed in stop/kill)
         self.proc = subprocess.Popen(
-            [DICHROISM, "--config", str(config), "watch"],
+            [*dichroism_command(), "--config", str(config), "watch"],
             env=env_for(server),
             stdout=self.log,
             stderr=self.log,
         )
+        self.profiler: subprocess.Popen[bytes] | None = None
+
+    def profile(self, output: Path, *, rate: int = 250, gil: bool = False) -> None:
+        """Sample the watcher with py-spy (collapsed stacks, all threads) until stop()."""
+        self.profiler = subprocess.Popen(
+            [
+                str(Path(PYTHON).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(self.proc.pid),
+                "--format",
+                "raw",
+                "--rate",
+                str(rate),
+                "--nonblocking",
+                *(["--gil"] if gil else []),
+                "--output",
+                str(output),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def _stop_profiler(self) -> None:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)
+            self.profiler.wait(60)
+            self.profiler = None
 
     def wait_ready(self, log: Path, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -124,8 +172,13 @@ class Watch:
             time.sleep(0.05)
 
     def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
+
+    def cpu_split(self) -> dict[str, float]:
+        """User and system CPU seconds of the watcher so far."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return {"user_s": int(fields[11]) / tick, "system_s": int(fields[12]) / tick}
 
     def peak_rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -134,15 +187,26 @@ class Watch:
         return float("nan")
 
     def stop(self) -> int:
+        self._stop_profiler()
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(60)
         self.log.close()
         return code
 
     def kill(self) -> None:
+        self._stop_profiler()
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         self.log.close()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def percentile(values: list[float], q: float) -> float:

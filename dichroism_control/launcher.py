@@ -18,6 +18,11 @@ there is none is the scan sent again. Errors that prove nothing was started (429
 
 Only one process claims at a time (`SubmitLock`, an flock beside the ledger), so a row in
 `submitting` seen by the lock holder at start-up is always a leftover of a dead process.
+
+Step 3 may be deferred and grouped (`OutcomeWriter`, used by the watcher's workers): the
+outcomes of several attempts are committed in one transaction. Until then the row stays in
+`submitting`, which is exactly the state a crash at that point is already recovered from.
+Step 1 is never deferred.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hashlib
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -61,6 +67,9 @@ LOOKUP_MARGIN_SECONDS = 600.0
 # healthy target): the run was certainly not started, so no lookup is needed before a retry.
 NOT_STARTED_STATUSES = frozenset({429, 503})
 _SQL_CHUNK = 500
+
+# Where an attempt's outcome goes: (scan id, columns to set). Default: its own transaction.
+Record = Callable[[int, dict[str, Any]], None]
 
 
 def run_label(beamline: str, rel: str, *, limit: int = LABEL_LIMIT) -> str:
@@ -337,52 +346,64 @@ class Launcher:
         return Outcome(claim.scan.id, claim.scan.path, "released")
 
     # -- one attempt ---------------------------------------------------------------------
-    def attempt(self, claim: Claim) -> Outcome:
-        """Look up (when uncertain), validate and send one claimed scan; record the outcome.
+    def attempt(self, claim: Claim, *, record: Record | None = None) -> Outcome:
+        """Look up (when uncertain), validate and send one claimed scan; record the outcome
+        (through `record` when given, e.g. an `OutcomeWriter`; else in its own transaction).
 
         Never raises for a per-scan problem: one bad scan must not stop the others.
         """
+        write = record if record is not None else self._update
         scan = claim.scan
         try:
             if claim.uncertain:
                 found = self.find_runs({claim.label: (claim.since, scan.beamline)})
                 if claim.label in found:
-                    return self._submitted(claim, found[claim.label], adopted=True)
+                    return self._submitted(claim, found[claim.label], adopted=True, write=write)
             try:
                 scan_route = self.route(scan.path, beamline=scan.beamline)
             except RouteError as exc:
-                return self._failed(claim, str(exc))
+                return self._failed(claim, str(exc), write=write)
             request = self.request_for(scan_route, scan.size)
             errors = self.input_errors(request)
             if errors:
                 return self._failed(
-                    claim, "input does not match the new_file input_schema: " + "; ".join(errors)
+                    claim,
+                    "input does not match the new_file input_schema: " + "; ".join(errors),
+                    write=write,
                 )
             run = self.backend.run_flow(request)
         except TransientBackendError as exc:
             # After a lookup failed, or an error the run may have outlived: stay uncertain.
             started = claim.uncertain or exc.http_status not in NOT_STARTED_STATUSES
-            return self._retry(claim, exc, uncertain=started)
+            return self._retry(claim, exc, uncertain=started, write=write)
         except PermanentBackendError as exc:
-            return self._failed(claim, str(exc))
+            return self._failed(claim, str(exc), write=write)
         except DichroismError as exc:
-            return self._failed(claim, str(exc))
+            return self._failed(claim, str(exc), write=write)
         except Exception as exc:
             # A bug or an unwrapped library error: keep the scan queued and uncertain.
             log.exception("%s: unexpected error while submitting", scan.path)
-            return self._retry(claim, BackendError(f"{type(exc).__name__}: {exc}"), uncertain=True)
-        return self._submitted(claim, run, adopted=False)
+            error = BackendError(f"{type(exc).__name__}: {exc}")
+            return self._retry(claim, error, uncertain=True, write=write)
+        return self._submitted(claim, run, adopted=False, write=write)
 
-    def _submitted(self, claim: Claim, run: dict[str, Any], *, adopted: bool) -> Outcome:
+    def _update(self, scan_id: int, fields: dict[str, Any]) -> None:
+        self.ledger.update_scan(scan_id, **fields)
+
+    def _submitted(
+        self, claim: Claim, run: dict[str, Any], *, adopted: bool, write: Record
+    ) -> Outcome:
         run_id = str(run["run_id"])
-        self.ledger.update_scan(
+        write(
             claim.scan.id,
-            state="submitted",
-            run_id=run_id,
-            label=claim.label,
-            last_error=None,
-            failed_step=None,
-            next_attempt_at=0,
+            {
+                "state": "submitted",
+                "run_id": run_id,
+                "label": claim.label,
+                "last_error": None,
+                "failed_step": None,
+                "next_attempt_at": 0,
+            },
         )
         if adopted:
             log.warning(
@@ -392,30 +413,34 @@ class Launcher:
             log.info("%s: started run %s", claim.scan.path, run_id)
         return Outcome(claim.scan.id, claim.scan.path, "submitted", run_id=run_id, adopted=adopted)
 
-    def _failed(self, claim: Claim, reason: str) -> Outcome:
-        self.ledger.update_scan(
+    def _failed(self, claim: Claim, reason: str, *, write: Record) -> Outcome:
+        write(
             claim.scan.id,
-            state="failed",
-            failed_step="submit",
-            last_error=reason,
-            submit_started_at=None,
+            {
+                "state": "failed",
+                "failed_step": "submit",
+                "last_error": reason,
+                "submit_started_at": None,
+            },
         )
         log.error("%s: submission FAILED (not retried): %s", claim.scan.path, reason)
         return Outcome(claim.scan.id, claim.scan.path, "failed", error=reason)
 
-    def _retry(self, claim: Claim, exc: BackendError, *, uncertain: bool) -> Outcome:
+    def _retry(self, claim: Claim, exc: BackendError, *, uncertain: bool, write: Record) -> Outcome:
         settings = self.config.submit
         attempts = claim.scan.attempts + 1
         reason = str(exc)
         retry_after = exc.retry_after if isinstance(exc, TransientBackendError) else None
         if attempts >= settings.max_attempts:
             note = " (a run may exist: check `dichroism runs list`)" if uncertain else ""
-            self.ledger.update_scan(
+            write(
                 claim.scan.id,
-                state="failed",
-                failed_step="submit",
-                last_error=f"gave up after {attempts} attempts: {reason}{note}",
-                submit_started_at=claim.since if uncertain else None,
+                {
+                    "state": "failed",
+                    "failed_step": "submit",
+                    "last_error": f"gave up after {attempts} attempts: {reason}{note}",
+                    "submit_started_at": claim.since if uncertain else None,
+                },
             )
             log.error(
                 "%s: submission FAILED after %d attempts: %s", claim.scan.path, attempts, reason
@@ -429,12 +454,14 @@ class Launcher:
             delay = max(delay, retry_after)
         delay = min(delay, settings.backoff_max_seconds)
         now = self.clock()
-        self.ledger.update_scan(
+        write(
             claim.scan.id,
-            state="detected",
-            next_attempt_at=now + delay,
-            last_error=reason,
-            submit_started_at=claim.since if uncertain else None,
+            {
+                "state": "detected",
+                "next_attempt_at": now + delay,
+                "last_error": reason,
+                "submit_started_at": claim.since if uncertain else None,
+            },
         )
         log.warning(
             "%s: attempt %d failed (%s); retrying in %.1f s",
@@ -571,6 +598,83 @@ class Launcher:
                 if due_at is None:
                     return outcomes
                 sleep(max(0.0, due_at - self.clock()))
+
+
+class OutcomeWriter:
+    """Group commit of attempt outcomes (protocol step 3) from many worker threads.
+
+    A worker hands over its row and, unless another worker is writing at that moment, writes
+    everything pending in one transaction, round after round until nothing is left; a
+    worker that finds a write under way returns at once, and its row goes in the writer's
+    next round. One commit serves as many runs as finished during the previous one, and an
+    idle watcher still writes each outcome immediately. A row waits in `submitting` until
+    committed, the state a crash there is already recovered from (look-up by label). A
+    failed write keeps its rows for the next round and raises; `flush()` at shutdown.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        on_commit: Callable[[list[tuple[int, dict[str, Any]]]], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self.on_commit = on_commit
+        self.clock = clock
+        self.commits = 0
+        self.rows = 0
+        self._mutex = threading.Lock()
+        self._pending: list[tuple[int, dict[str, Any]]] = []
+        self._writing = False
+
+    def __call__(self, scan_id: int, fields: dict[str, Any]) -> None:
+        with self._mutex:
+            self._pending.append((scan_id, {**fields, "updated_at": self.clock()}))
+            if self._writing:
+                return
+            self._writing = True
+        self._write_rounds()
+
+    def flush(self) -> None:
+        """Write what is pending now, unless a write is under way (it takes everything)."""
+        with self._mutex:
+            if self._writing or not self._pending:
+                return
+            self._writing = True
+        self._write_rounds()
+
+    def pending(self) -> int:
+        with self._mutex:
+            return len(self._pending)
+
+    def _write_rounds(self) -> None:
+        while True:
+            with self._mutex:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._writing = False
+                    return
+            try:
+                self._commit(batch)
+            except BaseException:
+                with self._mutex:
+                    self._pending[:0] = batch
+                    self._writing = False
+                raise
+            if self.on_commit is not None:
+                self.on_commit(batch)
+
+    def _commit(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for scan_id, fields in batch:
+            groups.setdefault(tuple(fields), []).append({**fields, "_id": scan_id})
+        with self.ledger.transaction() as conn:
+            for columns, rows in groups.items():
+                assignments = ", ".join(f"{name} = :{name}" for name in columns)
+                conn.executemany(f"UPDATE scans SET {assignments} WHERE id = :_id", rows)
+        self.commits += 1
+        self.rows += len(batch)
 
 
 def _input_validator(config: Config) -> Any:

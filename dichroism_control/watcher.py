@@ -7,6 +7,7 @@ Threads, and why each exists:
   no directory rescans per event) and records finished scans in batches;
 - the dispatcher: claims due scans from the ledger (the queue lives there, never only in
   memory) and hands them to a small worker pool that does the HTTP without any ledger lock;
+  the workers' outcomes are group-committed (`launcher.OutcomeWriter`);
 - optionally the lifecycle loop (`dichroism_control.lifecycle`, when installed).
 
 "Finished" (DESIGN, GLOBUS_NOTES): with inotify, a close-after-write and then no size/mtime
@@ -307,6 +308,9 @@ class Watcher:
         self._pause_until = 0.0
         self._refused: set[str] = set()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit")
+        from dichroism_control.launcher import OutcomeWriter
+
+        self._outcomes = OutcomeWriter(launcher.ledger, on_commit=self._committed)
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -342,6 +346,13 @@ class Watcher:
         for thread in self._threads:
             thread.join(timeout)
         self._pool.shutdown(wait=True)
+        try:
+            self._outcomes.flush()
+        except Exception:
+            log.exception(
+                "recording %d outcome(s) failed; those scans are looked up at the next start",
+                self._outcomes.pending(),
+            )
         return self.stats
 
     def _observe(self, name: str, beamline: Beamline) -> BaseObserver:
@@ -500,8 +511,8 @@ class Watcher:
                     if wanted and free > 0 and (free >= capacity // 2 or self._inflight == 0):
                         self._dirty = False
                         break
-                    # Not wanted: sleep until the next check. Wanted but full: a finishing
-                    # worker notifies.
+                    # Not wanted: sleep until the next check. Wanted but full: the worker
+                    # whose finish makes the condition above true notifies.
                     self._dispatch_cond.wait(None if wanted else next_check - now)
             try:
                 claims = self.launcher.claim(limit=free)
@@ -529,7 +540,10 @@ class Watcher:
         try:
             with self._dispatch_cond:
                 stopping = self._stopping
-            outcome = self.launcher.release(claim) if stopping else self.launcher.attempt(claim)
+            if stopping:
+                outcome = self.launcher.release(claim)
+            else:
+                outcome = self.launcher.attempt(claim, record=self._outcomes)
         except Exception:
             log.exception("%s: submission worker error", claim.scan.path)
         finally:
@@ -538,7 +552,17 @@ class Watcher:
                 if outcome is not None:
                     self._count(outcome)
                 self._dirty = True
-                self._dispatch_cond.notify()
+                # Wake the dispatcher only when it can act (see _dispatch_loop): once per
+                # half pipeline rather than once per run.
+                capacity = self.max_inflight if self._warm else 1
+                free = capacity - self._inflight
+                if free > 0 and (free >= capacity // 2 or self._inflight == 0):
+                    self._dispatch_cond.notify()
+
+    def _committed(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
+        """Retries just became claimable rows: the dispatcher looks again."""
+        if any(fields.get("state") == "detected" for _, fields in batch):
+            self.wake()
 
     def _count(self, outcome: Outcome) -> None:
         self._warm = True
