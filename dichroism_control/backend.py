@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import socket
 import threading
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -33,7 +30,6 @@ from dichroism_control.errors import (
 
 if TYPE_CHECKING:
     import globus_sdk
-    import requests
     from globus_sdk.transport import RequestsTransport
 
     from dichroism_control.config import Config
@@ -203,122 +199,40 @@ def _parse_retry_after(value: str | None) -> float | None:
         return max(0.0, (when - datetime.now(when.tzinfo)).total_seconds())
 
 
-# -- proxies, read once ---------------------------------------------------------------------
-class ProxySettings:
-    """HTTP(S)_PROXY / ALL_PROXY / NO_PROXY, read from the environment once.
+# -- proxies, resolved once per origin ----------------------------------------------------
+def environment_once_transport() -> RequestsTransport:
+    """A globus-sdk transport whose session resolves proxies once per origin.
 
-    `requests` re-reads the whole environment on every request when `Session.trust_env` is
-    set (`resolve_proxies` -> `should_bypass_proxies` + `get_environ_proxies`, three scans
-    of os.environ): a quarter of the watcher's CPU per run. The answer only depends on the
-    environment and on the origin, so this class takes the same inputs requests would
-    (`urllib.request.getproxies()`, `no_proxy` then `NO_PROXY`) once, and applies requests'
-    own rules per origin, memoised. The environment of a running service does not change;
-    restarting it picks up new settings.
+    The SDK calls `Session.send` without proxies, so requests re-resolves them from
+    os.environ on every request (`resolve_proxies`: several scans of the environment, about
+    a quarter of the watcher's CPU per run). A service's environment does not change while it
+    runs, so requests' own answer is memoised per origin: HTTP(S)_PROXY, NO_PROXY rules and
+    redirects behave exactly as before.
     """
-
-    def __init__(self, proxies: Mapping[str, str], no_proxy: str | None) -> None:
-        self.proxies = dict(proxies)
-        self.no_proxy = no_proxy
-        self._by_origin: dict[tuple[str, str | None, int | None], dict[str, str]] = {}
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_environment(cls) -> ProxySettings:
-        no_proxy = os.environ.get("no_proxy") or os.environ.get("NO_PROXY")
-        return cls(urllib.request.getproxies(), no_proxy)
-
-    def bypass(self, hostname: str | None, port: int | None) -> bool:
-        """requests.utils.should_bypass_proxies, on the snapshot instead of os.environ."""
-        from requests.utils import address_in_network, is_ipv4_address, is_valid_cidr
-
-        if hostname is None:
-            return True
-        if self.no_proxy:
-            entries = [host for host in self.no_proxy.replace(" ", "").split(",") if host]
-            if is_ipv4_address(hostname):
-                for entry in entries:
-                    if is_valid_cidr(entry):
-                        if address_in_network(hostname, entry):
-                            return True
-                    elif hostname == entry:
-                        return True
-            else:
-                with_port = f"{hostname}:{port}" if port else hostname
-                if any(hostname.endswith(e) or with_port.endswith(e) for e in entries):
-                    return True
-        try:
-            # What urllib's proxy_bypass does on Linux, with the snapshot's `no` entry
-            # (absent from typeshed, present in every CPython 3).
-            bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-            return bool(bypass(hostname, self.proxies))
-        except (TypeError, socket.gaierror):
-            return False
-
-    def for_url(self, url: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """What requests.utils.resolve_proxies(url, base, trust_env=True) would answer."""
-        parts = urlsplit(url)
-        try:
-            port = parts.port
-        except ValueError:
-            port = None
-        key = (parts.scheme, parts.hostname, port)
-        found = self._by_origin.get(key)
-        if found is None:
-            found = {}
-            if not self.bypass(parts.hostname, port):
-                proxy = self.proxies.get(parts.scheme, self.proxies.get("all"))
-                if proxy:
-                    found[parts.scheme] = proxy
-            with self._lock:
-                self._by_origin[key] = found
-        if not base:
-            return dict(found)
-        merged = dict(base)
-        for scheme, proxy in found.items():
-            merged.setdefault(scheme, proxy)
-        return merged
-
-
-def presolved_proxy_transport(settings: ProxySettings) -> RequestsTransport:
-    """A globus-sdk RequestsTransport whose session takes proxies from `settings` and never
-    reads the environment per request (`trust_env=False`)."""
     import requests
     from globus_sdk.transport import RequestsTransport
+    from requests.utils import resolve_proxies
 
-    class PresolvedProxySession(requests.Session):
+    class EnvironmentOnceSession(requests.Session):
         def __init__(self) -> None:
             super().__init__()
-            self.trust_env = False
+            self._proxies: dict[tuple[str, str], dict[str, str]] = {}
 
         def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
             if "proxies" not in kwargs:
-                kwargs["proxies"] = settings.for_url(str(request.url), self.proxies)
+                parts = urlsplit(str(request.url))
+                origin = (parts.scheme, parts.netloc)
+                proxies = self._proxies.get(origin)
+                if proxies is None:
+                    proxies = resolve_proxies(request, self.proxies, self.trust_env)
+                    self._proxies[origin] = proxies
+                kwargs["proxies"] = dict(proxies)
             return super().send(request, **kwargs)
 
-        def rebuild_proxies(
-            self, prepared_request: requests.PreparedRequest, proxies: dict[str, str] | None
-        ) -> dict[str, str]:
-            # A redirect to another origin: requests (trust_env) would add the target's
-            # environment proxy to the ones already in use.
-            merged = settings.for_url(str(prepared_request.url), proxies)
-            return super().rebuild_proxies(prepared_request, merged)
-
-    class PresolvedProxyTransport(RequestsTransport):
-        def __init__(self) -> None:
-            super().__init__()
-            self.session.close()
-            self.session = PresolvedProxySession()
-
-        def _encode(self, *args: Any, **kwargs: Any) -> requests.Request:
-            request = super()._encode(*args, **kwargs)
-            if not request.params:
-                # The SDK always passes a dict, `{}` without query parameters, which
-                # requests encodes to "" through slow Protocol isinstance checks (~4 % of
-                # the CPU per run); None gives the same URL without them.
-                request.params = None
-            return request
-
-    return PresolvedProxyTransport()
+    transport = RequestsTransport()
+    transport.session.close()
+    transport.session = EnvironmentOnceSession()
+    return transport
 
 
 class GlobusBackend:
@@ -326,8 +240,8 @@ class GlobusBackend:
 
     Clients are built on first use (importing them costs ~250 ms; `--help` must stay fast),
     with the SDK's own retries kept short: the launcher owns backoff, with its queue in the
-    ledger rather than in a sleeping HTTP call. Proxy settings are read from the environment
-    once, here, and given to every client's transport (`ProxySettings`).
+    ledger rather than in a sleeping HTTP call. Every client's transport reads the
+    environment (proxies, CA bundle) once per origin (`environment_once_transport`).
     """
 
     kind = "globus"
@@ -344,10 +258,9 @@ class GlobusBackend:
         self._max_retries = max_retries
         self._specific: dict[str, globus_sdk.SpecificFlowClient] = {}
         self._specific_lock = threading.Lock()
-        self.proxy_settings = ProxySettings.from_environment()
 
     def _transport(self) -> RequestsTransport:
-        return presolved_proxy_transport(self.proxy_settings)
+        return environment_once_transport()
 
     def _retry_config(self) -> Any:
         from globus_sdk.transport import RetryConfig

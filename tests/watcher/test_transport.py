@@ -12,7 +12,7 @@ import requests
 import requests.sessions
 import requests.utils
 
-from dichroism_control.backend import GlobusBackend, ProxySettings, presolved_proxy_transport
+from dichroism_control.backend import GlobusBackend, environment_once_transport
 from dichroism_control.launcher import OutcomeWriter
 from dichroism_control.ledger import Ledger
 
@@ -62,53 +62,8 @@ def _set_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
         monkeypatch.setenv(name, value)
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS, ids=lambda e: ",".join(sorted(e)) or "none")
-def test_same_answer_as_requests_reading_the_environment(
-    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
-) -> None:
-    _set_env(monkeypatch, env)
-    settings = ProxySettings.from_environment()
-    for url in URLS:
-        request = requests.Request("GET", url).prepare()
-        expected = requests.utils.resolve_proxies(request, {}, trust_env=True)
-        assert settings.for_url(url) == expected, url
-        assert settings.for_url(url) == expected, url  # memoised answer too
-        base = {"https": "http://explicit:1"}
-        assert settings.for_url(url, base) == requests.utils.resolve_proxies(
-            request, base, trust_env=True
-        )
-
-
-def test_environment_read_once_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
-    _set_env(monkeypatch, {"HTTPS_PROXY": "http://proxy.als.lbl.gov:3128", "NO_PROXY": "lbl.gov"})
-    backend = GlobusBackend(cast(globus_sdk.GlobusApp, object()))  # no client built
-    _set_env(monkeypatch, {"HTTPS_PROXY": "http://changed:1"})
-    settings = backend.proxy_settings
-    assert settings.for_url("https://flows.globus.org/x") == {
-        "https": "http://proxy.als.lbl.gov:3128"
-    }
-    assert settings.for_url("https://dtn.als.lbl.gov/x") == {}
-
-
-def test_transport_sends_presolved_proxies_without_reading_the_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    _set_env(
-        monkeypatch,
-        {"HTTPS_PROXY": "http://proxy.als.lbl.gov:3128", "NO_PROXY": "auth.globus.org"},
-    )
-    settings = ProxySettings.from_environment()
-    transport = presolved_proxy_transport(settings)
-    assert transport.session.trust_env is False
-
-    def forbidden(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("the environment was read for a request")
-
-    for name in ("get_environ_proxies", "should_bypass_proxies", "resolve_proxies"):
-        monkeypatch.setattr(requests.utils, name, forbidden)
-    monkeypatch.setattr(requests.sessions, "resolve_proxies", forbidden)
-    monkeypatch.setattr(requests.sessions, "get_environ_proxies", forbidden)
-
+def _send(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict[str, str]]]:
+    """Stub the adapter: record each request's URL and the proxies it was sent with."""
     sent: list[tuple[str, dict[str, str]]] = []
 
     def send(
@@ -118,38 +73,59 @@ def test_transport_sends_presolved_proxies_without_reading_the_environment(
         response = requests.Response()
         response.status_code = 200
         response._content = b"{}"
-        response.headers["Content-Type"] = "application/json"
         response.request = request
         response.url = str(request.url)
         return response
 
     monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
-    caller = globus_sdk.transport.RequestCallerInfo(
-        retry_config=globus_sdk.transport.RetryConfig(max_retries=0)
-    )
-    transport.request("POST", "https://flows.globus.org/flows/x/run", caller_info=caller, data={})
-    transport.request(
-        "GET",
-        "https://auth.globus.org/v2/api/identities",
-        caller_info=caller,
-        query_params={"usernames": "a@b.org"},
-    )
-    assert sent == [
-        ("https://flows.globus.org/flows/x/run", {"https": "http://proxy.als.lbl.gov:3128"}),
-        ("https://auth.globus.org/v2/api/identities?usernames=a%40b.org", {}),
-    ]
+    return sent
 
 
-def test_redirect_to_another_origin_gets_that_origins_proxy(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("env", ENVIRONMENTS, ids=lambda e: ",".join(sorted(e)) or "none")
+def test_same_proxies_as_requests_resolving_them_per_request(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
 ) -> None:
-    _set_env(monkeypatch, {"HTTP_PROXY": "http://p:1", "NO_PROXY": "flows.globus.org"})
-    transport = presolved_proxy_transport(ProxySettings.from_environment())
-    target = requests.Request("GET", "http://other.globus.org/x").prepare()
-    assert transport.session.rebuild_proxies(target, {}) == {"http": "http://p:1"}
-    assert transport.session.rebuild_proxies(target, {"http": "http://q:2"}) == {
-        "http": "http://q:2"
-    }
+    _set_env(monkeypatch, env)
+    sent = _send(monkeypatch)
+    session = environment_once_transport().session
+    for url in URLS:
+        request = requests.Request("GET", url).prepare()
+        expected = requests.utils.resolve_proxies(request, {}, trust_env=True)
+        session.send(request)
+        session.send(requests.Request("POST", url).prepare())  # the memoised answer
+        assert sent[-2:] == [(request.url, expected), (request.url, expected)], url
+
+
+def test_proxies_resolved_once_per_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    _set_env(monkeypatch, {"HTTPS_PROXY": "http://proxy.als.lbl.gov:3128", "NO_PROXY": "lbl.gov"})
+    sent = _send(monkeypatch)
+    session = environment_once_transport().session
+    session.send(requests.Request("POST", "https://flows.globus.org/flows/x/run").prepare())
+    session.send(requests.Request("GET", "https://dtn.als.lbl.gov/x").prepare())
+    assert sent[0][1]["https"] == "http://proxy.als.lbl.gov:3128"
+    assert "https" not in sent[1][1]
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the environment was read again")
+
+    for name in ("get_environ_proxies", "should_bypass_proxies", "resolve_proxies"):
+        monkeypatch.setattr(requests.utils, name, forbidden)
+        monkeypatch.setattr(requests.sessions, name, forbidden, raising=False)
+    _set_env(monkeypatch, {"HTTPS_PROXY": "http://changed:1"})
+    session.send(requests.Request("POST", "https://flows.globus.org/flows/y/run").prepare())
+    assert sent[2][1] == sent[0][1]
+    # Explicit proxies from a caller still win.
+    session.send(
+        requests.Request("GET", "https://flows.globus.org/z").prepare(),
+        proxies={"https": "http://explicit:1"},
+    )
+    assert sent[3][1] == {"https": "http://explicit:1"}
+
+
+def test_every_globus_client_uses_the_read_once_transport() -> None:
+    backend = GlobusBackend(cast(globus_sdk.GlobusApp, object()))
+    transport = backend._transport()
+    assert type(transport.session).__name__ == "EnvironmentOnceSession"
 
 
 # -- grouped outcome writes -------------------------------------------------------------------
