@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -106,13 +105,6 @@ class _Listing:
 
 
 # -- small helpers -------------------------------------------------------------------------
-def _launcher_importable() -> bool:
-    try:
-        return importlib.util.find_spec("dichroism_control.launcher") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def _parse_time(value: Any) -> float | None:
     if not isinstance(value, str):
         return None
@@ -192,11 +184,7 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 # -- the loop ------------------------------------------------------------------------------
 class Lifecycle:
-    """Follows runs, starts archive runs and schedules prune timers; see the module docstring.
-
-    `launcher_available` (default: whether `dichroism_control.launcher` is importable)
-    decides how a failed new_file run is retried: re-queued for the launcher, or failed.
-    """
+    """Follows runs, starts archive runs and schedules prune timers; see the module docstring."""
 
     def __init__(
         self,
@@ -206,7 +194,6 @@ class Lifecycle:
         deployment: Deployment,
         *,
         clock: Callable[[], float] = time.time,
-        launcher_available: bool | None = None,
     ) -> None:
         self.config = config
         self.ledger = ledger
@@ -214,9 +201,6 @@ class Lifecycle:
         self.deployment = deployment
         self.clock = clock
         self.settings = config.lifecycle
-        self.launcher_available = (
-            _launcher_importable() if launcher_available is None else launcher_available
-        )
         self._validators: dict[str, Any] = {}
 
     # -- public ----------------------------------------------------------------------------
@@ -437,15 +421,14 @@ class Lifecycle:
                 # A run we already counted, yet the scan points at it again: the launcher's
                 # crash recovery adopted the old run by its (reused) label. Queue it again
                 # without counting a second failure.
-                if self.launcher_available:
-                    conn.execute(
-                        "UPDATE scans SET state = 'detected', run_id = NULL,"
-                        " submit_started_at = NULL, attempts = 0, next_attempt_at = ?,"
-                        " updated_at = ? WHERE id = ? AND state = 'submitted' AND run_id = ?",
-                        (now, now, scan_id, run_id),
-                    )
+                conn.execute(
+                    "UPDATE scans SET state = 'detected', run_id = NULL,"
+                    " submit_started_at = NULL, attempts = 0, next_attempt_at = ?,"
+                    " updated_at = ? WHERE id = ? AND state = 'submitted' AND run_id = ?",
+                    (now, now, scan_id, run_id),
+                )
                 return
-            if failures < self.settings.max_attempts and self.launcher_available:
+            if failures < self.settings.max_attempts:
                 # Back into the launcher's queue (the ledger is the queue): the launcher
                 # starts the new run through its own exactly-once path.
                 conn.execute(
@@ -459,11 +442,7 @@ class Lifecycle:
                     "scan %s: new_file run %s failed (%s); retrying", scan_id, run_id, reason
                 )
                 return
-            why = (
-                f"after {failures} attempt(s): {reason}"
-                if self.launcher_available
-                else f"{reason} (no launcher to retry with)"
-            )
+            why = f"after {failures} attempt(s): {reason}"
             conn.execute(
                 "UPDATE scans SET state = 'failed', failed_step = 'new_file', last_error = ?,"
                 " attempts = ?, updated_at = ? WHERE id = ? AND state = 'submitted' AND run_id = ?",

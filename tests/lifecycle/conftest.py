@@ -52,7 +52,6 @@ class World:
         self.clock = Clock()
 
     def lifecycle(self, **kwargs: Any) -> Lifecycle:
-        kwargs.setdefault("launcher_available", True)
         return Lifecycle(
             self.config, self.ledger, self.backend, self.deployment, clock=self.clock, **kwargs
         )

@@ -28,7 +28,7 @@ def cli(
     # The command builds Lifecycle with its default clock: make that default the test clock.
     monkeypatch.setattr(
         "dichroism_control.lifecycle.Lifecycle.__init__.__kwdefaults__",
-        {"clock": world.clock, "launcher_available": None},
+        {"clock": world.clock},
     )
 
     def run(*args: str) -> Any:

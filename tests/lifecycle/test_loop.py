@@ -352,14 +352,6 @@ def test_failed_new_file_runs_retried_then_failed_with_reason(world: World) -> N
     assert world.scans()[0]["state"] == "failed"
 
 
-def test_without_launcher_a_failed_run_fails_the_scan(world: World) -> None:
-    (run_id,) = world.submitted([("bl402", "P1/bad.h5", 1)])
-    world.backend.finish(run_id, "ENDED", {})
-    world.lifecycle(launcher_available=False).run_once()
-    (scan,) = world.scans()
-    assert scan["state"] == "failed" and "run ENDED" in scan["last_error"]
-
-
 def test_failed_archive_retried_then_scans_failed(make_world: Callable[..., World]) -> None:
     world = make_world(
         lambda d: d.update(lifecycle={"archive_quiet_seconds": 0, "max_attempts": 2})
