@@ -81,9 +81,17 @@ COPY_BLOCK = 256 * 2**10
 COPY_CHUNK = 16 * 2**20
 COPY_THREADS = 2
 HASH_BUFFER = 8 * 2**20
-# CRC32 is the local default: zlib's runs at ~2.5 GB/s a core, releases the GIL and its
-# sums combine, so both cores can copy and checksum (benchmarks/bench_local_transfer.py). It
-# detects corrupted copies, which is what verification is for; a body may still ask for
+# ISA-L's CRC32 gives zlib's exact values about 4x faster (7.4 vs 1.7 GB/s a core here): it
+# is what lets a verified copy approach `cp`. zlib remains the fallback where the wheel is
+# missing.
+try:
+    from isal.isal_zlib import crc32 as _crc32
+except ImportError:  # pragma: no cover - isal ships wheels for the platforms we run on
+    _crc32 = zlib.crc32
+
+# CRC32 is the local default: fast (above), releases the GIL and its sums combine, so both
+# cores can copy and checksum (benchmarks/bench_local_transfer.py). It detects corrupted
+# copies, which is what verification is for; a body may still ask for
 # MD5/SHA1/SHA256/SHA512 (`checksum_algorithm`), as Globus Transfer allows.
 DEFAULT_CHECKSUM = "CRC32"
 SYNC_LEVELS = {"exists": 0, "size": 1, "mtime": 2, "checksum": 3}
@@ -157,7 +165,7 @@ CHECKSUM_ALGORITHMS = ("CRC32", "ADLER32", *_HASHLIB)
 def _hasher(algorithm: str) -> _Hasher:
     name = algorithm.upper()
     if name == "CRC32":
-        return _Crc(zlib.crc32, 0)
+        return _Crc(_crc32, 0)
     if name == "ADLER32":
         return _Crc(zlib.adler32, 1)
     if name in _HASHLIB:
@@ -209,7 +217,7 @@ def _adler32_combine(adler1: int, adler2: int, len2: int) -> int:
 # Checksums whose pieces combine: a copy splits the file into chunks that both cores copy
 # and checksum independently. Others (hashlib) must see the bytes in order.
 _COMBINABLE: dict[str, tuple[Callable[[Any, int], int], int, Callable[[int, int, int], int]]] = {
-    "CRC32": (zlib.crc32, 0, _crc32_combine),
+    "CRC32": (_crc32, 0, _crc32_combine),
     "ADLER32": (zlib.adler32, 1, _adler32_combine),
 }
 
