@@ -9,6 +9,7 @@ symlink, are refused: the watcher must never ship a file it was not asked to wat
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import posixpath
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ class Route:
     destination_path: str
     destination_root: str
     proposal: str | None
+
+
+@functools.lru_cache(maxsize=64)
+def _real_root(root: str) -> str:
+    """A watch root's resolved path, once: it is resolved for every scan, twice (at detection
+    and before sending). Should the root be re-pointed while the watcher runs, the stale value
+    makes scans refused, never shipped from elsewhere."""
+    return os.path.realpath(root)
 
 
 def _join(root: str, *parts: str) -> str:
@@ -79,7 +88,7 @@ def route(config: Config, path: str | Path, *, beamline: str | None = None) -> R
     if not (absolute == root or absolute.startswith(root.rstrip("/") + "/")):
         raise RouteError(f"{absolute}: outside the watch root of {name} ({root})")
     # A symlink (of the file or of a directory on the way) may point outside the root.
-    real, real_root = os.path.realpath(absolute), os.path.realpath(root)
+    real, real_root = os.path.realpath(absolute), _real_root(root)
     if not real.startswith(real_root.rstrip("/") + "/"):
         raise RouteError(f"{absolute}: resolves to {real}, outside the watch root of {name}")
     rel = PurePosixPath(os.path.relpath(absolute, root)).as_posix()
