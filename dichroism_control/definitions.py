@@ -214,6 +214,17 @@ def specialise(document: FlowDocument, config: Config) -> FlowDocument:
     return FlowDocument(document.name, document.path, document.definition, schema)
 
 
+def input_validator(config: Config, name: str) -> Any:
+    """A jsonschema validator for run bodies of flow `name`: the schema as deployed
+    (specialised to this config), with format checks on."""
+    import jsonschema
+
+    path = config.definitions_path / f"{name}.json"
+    schema = specialise(load_document(path, name=name), config).input_schema
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
 def canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 

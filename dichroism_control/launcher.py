@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dichroism_control.backend import RunRequest
+from dichroism_control.definitions import input_validator
 from dichroism_control.errors import (
     BackendError,
     DichroismError,
@@ -184,7 +185,7 @@ class Launcher:
         self.clock = clock
         self.rng = rng
         self.lookup_margin = lookup_margin
-        self._validator = _input_validator(config)
+        self._validator = input_validator(config, FLOW_NAME)
         self._metadata = {
             name: {
                 "instrument_id": b.scicat.instrument_id,
@@ -675,15 +676,3 @@ class OutcomeWriter:
                 conn.executemany(f"UPDATE scans SET {assignments} WHERE id = :_id", rows)
         self.commits += 1
         self.rows += len(batch)
-
-
-def _input_validator(config: Config) -> Any:
-    import jsonschema
-
-    from dichroism_control.definitions import load_document, specialise
-
-    document = specialise(
-        load_document(config.definitions_path / f"{FLOW_NAME}.json", name=FLOW_NAME), config
-    )
-    cls = jsonschema.validators.validator_for(document.input_schema)
-    return cls(document.input_schema, format_checker=cls.FORMAT_CHECKER)

@@ -52,6 +52,7 @@ from dichroism_control.backend import (
     RunRequest,
 )
 from dichroism_control.config import Beamline, Config
+from dichroism_control.definitions import input_validator
 from dichroism_control.deploy_state import Deployment
 from dichroism_control.errors import (
     BackendError,
@@ -261,17 +262,7 @@ class Lifecycle:
         """The first schema error of a run body against the deployed (specialised) schema."""
         validator = self._validators.get(flow)
         if validator is None:
-            import jsonschema
-
-            from dichroism_control.definitions import load_document, specialise
-
-            document = specialise(
-                load_document(self.config.definitions_path / f"{flow}.json", name=flow),
-                self.config,
-            )
-            cls = jsonschema.validators.validator_for(document.input_schema)
-            validator = cls(document.input_schema)
-            self._validators[flow] = validator
+            validator = self._validators[flow] = input_validator(self.config, flow)
         errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
         if not errors:
             return None
