@@ -17,7 +17,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -98,6 +98,20 @@ class RunRequest:
             doc["run_managers"] = self.run_managers
         doc["activity_notification_policy"] = {"status": self.notify_on}
         return doc
+
+
+def run_start_time(run: dict[str, Any]) -> float | None:
+    """A run document's start_time as a POSIX timestamp (a naive time is UTC, as in Flows)."""
+    value = run.get("start_time")
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 class Backend(Protocol):

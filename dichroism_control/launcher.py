@@ -36,11 +36,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dichroism_control.backend import RunRequest
+from dichroism_control.backend import RunRequest, run_start_time
 from dichroism_control.definitions import input_validator
 from dichroism_control.errors import (
     BackendError,
@@ -91,15 +90,6 @@ def run_label(beamline: str, rel: str, *, limit: int = LABEL_LIMIT) -> str:
 
 def run_tags(beamline: str) -> list[str]:
     return ["dichroism", beamline, FLOW_NAME]
-
-
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -507,7 +497,7 @@ class Launcher:
                     found[label] = run
                     if len(found) == len(pending):
                         break
-            started = _parse_time(run.get("start_time"))
+            started = run_start_time(run)
             if started is not None and started < stop_before:
                 break
         return found

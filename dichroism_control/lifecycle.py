@@ -50,6 +50,7 @@ from dichroism_control.backend import (
     FINAL_STATUSES,
     Backend,
     RunRequest,
+    run_start_time,
 )
 from dichroism_control.config import Beamline, Config
 from dichroism_control.definitions import input_validator
@@ -106,18 +107,6 @@ class _Listing:
 
 
 # -- small helpers -------------------------------------------------------------------------
-def _parse_time(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
@@ -372,7 +361,7 @@ class Lifecycle:
                     remaining -= 1
                 if remaining <= 0:
                     break
-                started = _parse_time(run.get("start_time"))
+                started = run_start_time(run)
                 if started is not None and started < oldest:
                     break
             listing.complete = True
