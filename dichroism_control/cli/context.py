@@ -51,7 +51,7 @@ class Context:
         return Deployment.resolve(self.config())
 
     def backend(self, *, timer_flows: list[str] | None = None) -> Backend:
-        from dichroism_control.backend import build_backend
+        from dichroism_control.backends import build_backend
 
         return build_backend(self.config(), timer_flow_ids=timer_flows)
 

@@ -124,8 +124,8 @@ def _logout_text(doc: dict[str, Any]) -> str:
 def whoami(ctx: typer.Context) -> None:
     """Show the Globus identity the commands act as (asks Globus Auth; never prompts)."""
     from dichroism_control.auth import build_app, scope_requirements
-    from dichroism_control.backend import translate_errors
     from dichroism_control.errors import DichroismError
+    from dichroism_control.globus_backend import translate_errors
 
     state: Context = ctx.obj
     credentials, token_dir = _identity(state)

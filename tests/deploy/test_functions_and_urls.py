@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import responses
 
-from dichroism_control.backend import build_backend
+from dichroism_control.backends import build_backend
 from dichroism_control.config import FUNCTION_NAMES, load_config
 from dichroism_control.deploy import deploy, function_checksum, function_source
 from dichroism_control.deploy_state import DeployState

@@ -12,10 +12,11 @@ import pytest
 import responses
 from globus_sdk.testing import get_last_request, load_response
 
-from dichroism_control.backend import GlobusBackend, build_backend
+from dichroism_control.backends import build_backend
 from dichroism_control.config import Config, load_config
 from dichroism_control.deploy import deploy
 from dichroism_control.deploy_state import DeployState
+from dichroism_control.globus_backend import GlobusBackend
 from tests.conftest import GROUP
 from tests.deploy.helpers import make_functions, token_callback
 

@@ -21,7 +21,7 @@ from globus_sdk.testing import (
 )
 from globus_sdk.transport import RetryConfig
 
-from dichroism_control.backend import GlobusBackend
+from dichroism_control.globus_backend import GlobusBackend
 from tests.conftest import GROUP, IDS
 from tests.lifecycle.conftest import DAY, FLOWS, FUNCTIONS, T0, World
 

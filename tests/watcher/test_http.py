@@ -12,8 +12,8 @@ import pytest
 import responses
 from globus_sdk.testing import RegisteredResponse, get_last_request, load_response
 
-from dichroism_control.backend import GlobusBackend
 from dichroism_control.config import Config
+from dichroism_control.globus_backend import GlobusBackend
 from dichroism_control.launcher import Launcher, run_label
 from dichroism_control.ledger import Ledger
 from tests.conftest import GROUP

@@ -12,7 +12,7 @@ import requests
 import requests.sessions
 import requests.utils
 
-from dichroism_control.backend import GlobusBackend, environment_once_transport
+from dichroism_control.globus_backend import GlobusBackend, environment_once_transport
 from dichroism_control.launcher import OutcomeWriter
 from dichroism_control.ledger import Ledger
 
