@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+_SQL_CHUNK = 500  # paths per `IN (...)` query (SQLite's variable limit is far above)
+
 SCAN_STATES = (
     "detected",
     "submitting",
@@ -204,6 +206,38 @@ class Ledger(Database):
                 return None
             row = conn.execute("SELECT * FROM scans WHERE id = ?", (cursor.lastrowid,)).fetchone()
         return Scan.from_row(row)
+
+    def record_detected(
+        self, rows: list[tuple[str, str, str, int, float]], *, now: float | None = None
+    ) -> int:
+        """Record finished scans (beamline, path, rel, size, mtime) in one transaction;
+        returns how many were new (a known path is never recorded twice)."""
+        if not rows:
+            return 0
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO scans (beamline, path, rel, size, mtime, state,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'detected', ?, ?)",
+                [(*row, now, now) for row in rows],
+            )
+            return conn.total_changes - before
+
+    def unknown_paths(self, paths: list[str]) -> list[str]:
+        """The paths the ledger has never recorded (chunked: the ledger may hold millions)."""
+        unknown: list[str] = []
+        for start in range(0, len(paths), _SQL_CHUNK):
+            chunk = paths[start : start + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            known = {
+                row["path"]
+                for row in self.query(
+                    f"SELECT path FROM scans WHERE path IN ({marks})", tuple(chunk)
+                )
+            }
+            unknown.extend(p for p in chunk if p not in known)
+        return unknown
 
     def get_scan(self, path: str) -> Scan | None:
         rows = self.query("SELECT * FROM scans WHERE path = ?", (path,))

@@ -94,6 +94,11 @@ def route(config: Config, path: str | Path, *, beamline: str | None = None) -> R
     rel = PurePosixPath(os.path.relpath(absolute, root)).as_posix()
     if rel in ("", ".") or rel.startswith("../"):
         raise RouteError(f"{absolute}: not a file below the watch root of {name}")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        # Flow input is JSON text: a name that is not UTF-8 cannot be named to Globus.
+        raise RouteError(f"{absolute!r}: the file name is not valid UTF-8") from None
     source = config.endpoint(settings.source)
     destination = config.endpoint(settings.destination)
     return Route(

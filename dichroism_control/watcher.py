@@ -1,14 +1,11 @@
-"""`dichroism watch`: watchdog observers -> settle -> ledger -> worker pool -> run_flow.
+"""The watcher: watchdog observers -> settle -> ledger. It detects and records, nothing more;
+submission belongs to the launcher (`launcher.Dispatcher`), which it wakes.
 
 Threads, and why each exists:
 - one watchdog observer per beamline (inotify; a polling observer for NFS/SMB mounts, where
   inotify sees nothing);
 - the settle thread: sleeps until the earliest settle deadline (a heap, no per-file timers,
-  no directory rescans per event) and records finished scans in batches;
-- the dispatcher: claims due scans from the ledger (the queue lives there, never only in
-  memory) and hands them to a small worker pool that does the HTTP without any ledger lock;
-  the workers' outcomes are group-committed (`launcher.OutcomeWriter`);
-- optionally the lifecycle loop (`dichroism_control.lifecycle`, when installed).
+  no directory rescans per event) and records finished scans in batches.
 
 "Finished" (DESIGN, GLOBUS_NOTES): with inotify, a close-after-write and then no size/mtime
 change for `settle_seconds`; with polling, which sees no close, the size/mtime rule alone.
@@ -20,7 +17,6 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
-import importlib
 import itertools
 import logging
 import math
@@ -28,30 +24,24 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from dichroism_control.routing import RouteError, matches
+from dichroism_control.routing import RouteError, matches, route
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
 
     from dichroism_control.config import Beamline, Config
-    from dichroism_control.launcher import Claim, Launcher, Outcome
-    from dichroism_control.routing import Route
+    from dichroism_control.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WORKERS = 8
 # Safety net for events the kernel dropped (inotify queue overflow): a cheap walk now and
 # then, comparing against the ledger in chunks.
 DEFAULT_RESCAN_SECONDS = 900.0
-# The dispatcher looks at the ledger this often when idle: retries fall due, and other
-# processes (`dichroism submit` while the watcher runs) add rows.
-IDLE_CHECK_SECONDS = 2.0
 # Files found in a directory created a moment ago were opened before inotify watched it, so
 # their writer's close may never be seen: give its next write (which makes us wait for the
 # close) this many settle periods to show up before the size/mtime rule alone decides.
@@ -249,90 +239,53 @@ def walk_files(root: str, beamline: Beamline) -> Iterator[str]:
                 continue
 
 
-# -- the service ---------------------------------------------------------------------------
-@dataclass
-class WatchStats:
-    detected: int = 0
-    submitted: int = 0
-    adopted: int = 0
-    failed: int = 0
-    retries: int = 0
-    refused: int = 0
-    recovered: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "detected": self.detected,
-            "submitted": self.submitted,
-            "adopted": self.adopted,
-            "failed": self.failed,
-            "retries": self.retries,
-            "refused": self.refused,
-            "recovered": dict(self.recovered),
-        }
-
-
+# -- the watcher ---------------------------------------------------------------------------
 class Watcher:
-    """Observers + settle + dispatcher around one Launcher. `start()`, then `stop()`."""
+    """Observers + settle + catch-up; records finished scans. `start()`, then `stop()`."""
 
     def __init__(
         self,
         config: Config,
-        launcher: Launcher,
+        ledger: Ledger,
         *,
         beamlines: list[str] | None = None,
         poll: bool = False,
-        workers: int = DEFAULT_WORKERS,
         rescan_seconds: float = DEFAULT_RESCAN_SECONDS,
+        on_detected: Callable[[int], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.launcher = launcher
+        self.ledger = ledger
         names = beamlines or sorted(config.beamlines)
         self.beamlines = {name: config.beamline(name) for name in names}
         self.poll = {name: poll or b.watch.poll for name, b in self.beamlines.items()}
-        self.workers = workers
-        self.max_inflight = workers * 4
         self.rescan_seconds = rescan_seconds
+        self.on_detected = on_detected
         self.clock = clock
         self.tracker = SettleTracker(clock=clock)
-        self.stats = WatchStats()
+        self.detected = 0
+        self.refused = 0
         self._observers: list[BaseObserver] = []
         self._settle_cond = threading.Condition()
         self._settle_stop = False
-        self._dispatch_cond = threading.Condition()
-        self._dirty = True
-        self._stopping = False
-        self._inflight = 0
-        self._warm = False
-        self._pause_until = 0.0
         self._refused: set[str] = set()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit")
-        from dichroism_control.launcher import OutcomeWriter
-
-        self._outcomes = OutcomeWriter(launcher.ledger, on_commit=self._committed)
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        """Recover, watch, catch up, dispatch. The caller holds the SubmitLock."""
-        self.stats.recovered = self.launcher.recover()
+        """Watch, catch up, settle."""
         for name, beamline in self.beamlines.items():
             os.makedirs(beamline.watch.root, exist_ok=True)
             self._observers.append(self._observe(name, beamline))
         # Observers first: a file finished during the catch-up walk is seen either way.
         for name in self.beamlines:
             self.catch_up(name, immediate=True)
-        for target, thread_name in (
-            (self._settle_loop, "settle"),
-            (self._dispatch_loop, "dispatch"),
-        ):
-            thread = threading.Thread(target=target, name=thread_name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._thread = threading.Thread(target=self._settle_loop, name="settle", daemon=True)
+        self._thread.start()
 
-    def stop(self, *, timeout: float = 60.0) -> WatchStats:
-        """Stop watching, finish the HTTP calls under way, give back unsent claims."""
+    def stop(self, *, timeout: float = 60.0) -> None:
+        """Stop watching and settling (files not yet settled are found again at the next
+        start by the catch-up walk)."""
         for observer in self._observers:
             observer.stop()
         for observer in self._observers:
@@ -340,20 +293,8 @@ class Watcher:
         with self._settle_cond:
             self._settle_stop = True
             self._settle_cond.notify_all()
-        with self._dispatch_cond:
-            self._stopping = True
-            self._dispatch_cond.notify_all()
-        for thread in self._threads:
-            thread.join(timeout)
-        self._pool.shutdown(wait=True)
-        try:
-            self._outcomes.flush()
-        except Exception:
-            log.exception(
-                "recording %d outcome(s) failed; those scans are looked up at the next start",
-                self._outcomes.pending(),
-            )
-        return self.stats
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _observe(self, name: str, beamline: Beamline) -> BaseObserver:
         from watchdog import events
@@ -406,7 +347,7 @@ class Watcher:
             for p in walk_files(below or root, beamline)
             if p not in self.tracker and matches(beamline, os.path.relpath(p, root))
         ]
-        unknown = self.launcher.unknown_paths(candidates)
+        unknown = self.ledger.unknown_paths(candidates)
         now_wall = time.time()
         settled: list[Finished] = []
         wake = False
@@ -469,114 +410,22 @@ class Watcher:
                 time.sleep(1.0)
 
     def _record(self, finished: list[Finished]) -> None:
-        found: list[tuple[Route, int, float]] = []
+        rows: list[tuple[str, str, str, int, float]] = []
         for item in finished:
             try:
-                found.append(
-                    (self.launcher.route(item.path, beamline=item.beamline), item.size, item.mtime)
-                )
+                found = route(self.config, item.path, beamline=item.beamline)
             except RouteError as exc:
-                self.stats.refused += 1
+                self.refused += 1
                 if item.path not in self._refused and len(self._refused) < 10_000:
                     self._refused.add(item.path)
                     log.warning("refused: %s", exc)
-        new = self.launcher.detect_many(found)
+                continue
+            rows.append((found.beamline, found.local_path, found.rel, item.size, item.mtime))
+        new = self.ledger.record_detected(rows)
         if new:
-            self.stats.detected += new
-            with self._dispatch_cond:
-                self._dirty = True
-                self._dispatch_cond.notify()
-
-    # -- dispatcher ----------------------------------------------------------------------
-    def wake(self) -> None:
-        with self._dispatch_cond:
-            self._dirty = True
-            self._dispatch_cond.notify()
-
-    def _dispatch_loop(self) -> None:
-        next_check = 0.0
-        while True:
-            with self._dispatch_cond:
-                while True:
-                    if self._stopping:
-                        return
-                    now = self.clock()
-                    if now < self._pause_until:
-                        self._dispatch_cond.wait(self._pause_until - now)
-                        continue
-                    capacity = self.max_inflight if self._warm else 1
-                    free = capacity - self._inflight
-                    wanted = self._dirty or now >= next_check
-                    # Claim in batches: wait until half the pipeline is free (or it is empty).
-                    if wanted and free > 0 and (free >= capacity // 2 or self._inflight == 0):
-                        self._dirty = False
-                        break
-                    # Not wanted: sleep until the next check. Wanted but full: the worker
-                    # whose finish makes the condition above true notifies.
-                    self._dispatch_cond.wait(None if wanted else next_check - now)
-            try:
-                claims = self.launcher.claim(limit=free)
-            except Exception:
-                log.exception("claiming scans from the ledger failed")
-                claims = []
-                next_check = self.clock() + IDLE_CHECK_SECONDS
-            if claims:
-                with self._dispatch_cond:
-                    self._inflight += len(claims)
-                    if len(claims) == free:
-                        self._dirty = True  # there may be more
-                for claim in claims:
-                    self._pool.submit(self._work, claim)
-            else:
-                due = self.launcher.next_due()
-                now = self.clock()
-                wall = time.time()
-                # next_attempt_at is wall-clock time; the loop runs on the monotonic clock.
-                until_due = (due - wall) if due is not None else IDLE_CHECK_SECONDS
-                next_check = now + min(max(until_due, 0.05), IDLE_CHECK_SECONDS)
-
-    def _work(self, claim: Claim) -> None:
-        outcome: Outcome | None = None
-        try:
-            with self._dispatch_cond:
-                stopping = self._stopping
-            if stopping:
-                outcome = self.launcher.release(claim)
-            else:
-                outcome = self.launcher.attempt(claim, record=self._outcomes)
-        except Exception:
-            log.exception("%s: submission worker error", claim.scan.path)
-        finally:
-            with self._dispatch_cond:
-                self._inflight -= 1
-                if outcome is not None:
-                    self._count(outcome)
-                self._dirty = True
-                # Wake the dispatcher only when it can act (see _dispatch_loop): once per
-                # half pipeline rather than once per run.
-                capacity = self.max_inflight if self._warm else 1
-                free = capacity - self._inflight
-                if free > 0 and (free >= capacity // 2 or self._inflight == 0):
-                    self._dispatch_cond.notify()
-
-    def _committed(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
-        """Retries just became claimable rows: the dispatcher looks again."""
-        if any(fields.get("state") == "detected" for _, fields in batch):
-            self.wake()
-
-    def _count(self, outcome: Outcome) -> None:
-        self._warm = True
-        if outcome.state == "submitted":
-            self.stats.submitted += 1
-            self.stats.adopted += int(outcome.adopted)
-        elif outcome.state == "failed":
-            self.stats.failed += 1
-        elif outcome.state == "detected":
-            self.stats.retries += 1
-        if outcome.pause_until is not None:
-            # pause_until is wall-clock; convert for the monotonic loop.
-            pause = self.clock() + max(0.0, outcome.pause_until - time.time())
-            self._pause_until = max(self._pause_until, pause)
+            self.detected += new
+            if self.on_detected is not None:
+                self.on_detected(new)
 
 
 class _Handler(FileSystemEventHandler):
@@ -637,42 +486,3 @@ class _Handler(FileSystemEventHandler):
             wake = tracker.closed(src, self.beamline, self.name)
         if wake:
             self.watcher._wake_settle()
-
-
-# -- the optional lifecycle hook -----------------------------------------------------------
-def load_lifecycle() -> type[Any] | None:
-    """`dichroism_control.lifecycle.Lifecycle`, or None while that module does not exist."""
-    try:
-        module = importlib.import_module("dichroism_control.lifecycle")
-    except ModuleNotFoundError as exc:
-        if exc.name == "dichroism_control.lifecycle":
-            return None
-        raise
-    lifecycle: type[Any] | None = getattr(module, "Lifecycle", None)
-    return lifecycle
-
-
-def start_lifecycle(
-    config: Config, ledger: Any, backend: Any, deployment: Any, stop: threading.Event
-) -> threading.Thread | None:
-    """Run `Lifecycle.run_once()` every `lifecycle.poll_seconds` on its own thread."""
-    cls = load_lifecycle()
-    if cls is None:
-        log.info("lifecycle loop not installed; watching only")
-        return None
-    loop = cls(config, ledger, backend, deployment)
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                summary = loop.run_once()
-                log.info("lifecycle pass: %s", summary)
-            except Exception:
-                log.exception(
-                    "lifecycle pass failed; next try in %.0f s", config.lifecycle.poll_seconds
-                )
-            stop.wait(config.lifecycle.poll_seconds)
-
-    thread = threading.Thread(target=run, name="lifecycle", daemon=True)
-    thread.start()
-    return thread

@@ -44,7 +44,7 @@ def demo(
     from dichroism_control.deploy_state import Deployment
     from dichroism_control.errors import ConfigError, DichroismError
     from dichroism_control.launcher import Launcher, submit_lock
-    from dichroism_control.watcher import Watcher, start_lifecycle
+    from dichroism_control.service import WatchService, start_lifecycle
 
     state: Context = ctx.obj
     config = state.config()
@@ -77,11 +77,11 @@ def demo(
             "stop it first"
         )
     stop = threading.Event()
-    watcher: Watcher | None = None
+    watcher: WatchService | None = None
     lifecycle: threading.Thread | None = None
     try:
         launcher = Launcher(config, ledger, backend, deployment)
-        watcher = Watcher(config, launcher, beamlines=[name])
+        watcher = WatchService(config, launcher, beamlines=[name])
         watcher.start()
         lifecycle = start_lifecycle(config, ledger, backend, deployment, stop)
         say(f"watching {settings.watch.root} (settle {settings.watch.settle_seconds:g} s)")

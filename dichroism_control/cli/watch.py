@@ -45,7 +45,7 @@ def watch(
 
     from dichroism_control.errors import DichroismError
     from dichroism_control.launcher import submit_lock
-    from dichroism_control.watcher import Watcher, start_lifecycle
+    from dichroism_control.service import WatchService, start_lifecycle
 
     state: Context = ctx.obj
     config = state.config()
@@ -74,13 +74,14 @@ def watch(
         prune = deployment.flows.get("prune")
         backend = state.backend(timer_flows=[prune] if prune else None)
         launcher = Launcher(config, state.ledger(), backend, deployment)
-        watcher = Watcher(config, launcher, beamlines=[beamline] if beamline else None, poll=poll)
+        watcher = WatchService(
+            config, launcher, beamlines=[beamline] if beamline else None, poll=poll
+        )
         watcher.start()
         lifecycle = start_lifecycle(config, state.ledger(), backend, deployment, stop)
         stop.wait()
         stats = watcher.stop()
-        if lifecycle is not None:
-            lifecycle.join(timeout=60)
+        lifecycle.join(timeout=60)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

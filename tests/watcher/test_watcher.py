@@ -13,7 +13,7 @@ import pytest
 from dichroism_control.config import Config
 from dichroism_control.launcher import Launcher, run_label
 from dichroism_control.ledger import Ledger
-from dichroism_control.watcher import Watcher
+from dichroism_control.service import WatchService
 from tests.fakes import FakeBackend
 from tests.watcher.conftest import write_file
 
@@ -30,11 +30,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 @pytest.fixture
 def running(
     cfg: Config, make_launcher: Callable[..., Launcher], fake: FakeBackend
-) -> Iterator[Callable[..., Watcher]]:
-    started: list[Watcher] = []
+) -> Iterator[Callable[..., WatchService]]:
+    started: list[WatchService] = []
 
-    def start(*, poll: bool = False, backend: FakeBackend | None = None) -> Watcher:
-        watcher = Watcher(cfg, make_launcher(backend or fake), poll=poll, workers=4)
+    def start(*, poll: bool = False, backend: FakeBackend | None = None) -> WatchService:
+        watcher = WatchService(cfg, make_launcher(backend or fake), poll=poll, workers=4)
         watcher.start()
         started.append(watcher)
         return watcher
@@ -46,7 +46,7 @@ def running(
 
 @pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
 def test_a_file_being_written_is_not_submitted_until_finished(
-    cfg: Config, fake: FakeBackend, running: Callable[..., Watcher], poll: bool
+    cfg: Config, fake: FakeBackend, running: Callable[..., WatchService], poll: bool
 ) -> None:
     running(poll=poll)
     path = Path(cfg.beamlines["bl402"].watch.root) / "P1" / "slow.h5"
@@ -69,7 +69,7 @@ def test_a_file_being_written_is_not_submitted_until_finished(
 
 
 def test_200_files_then_restart_without_resubmission(
-    cfg: Config, ledger: Ledger, fake: FakeBackend, running: Callable[..., Watcher]
+    cfg: Config, ledger: Ledger, fake: FakeBackend, running: Callable[..., WatchService]
 ) -> None:
     watcher = running()
     root = Path(cfg.beamlines["bl631"].watch.root)
@@ -97,7 +97,7 @@ def test_ignored_names_and_escaping_symlinks(
     cfg: Config,
     tmp_path: Path,
     fake: FakeBackend,
-    running: Callable[..., Watcher],
+    running: Callable[..., WatchService],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)
@@ -121,7 +121,7 @@ def test_ignored_names_and_escaping_symlinks(
 
 
 def test_moved_in_files_and_new_directories(
-    cfg: Config, tmp_path: Path, fake: FakeBackend, running: Callable[..., Watcher]
+    cfg: Config, tmp_path: Path, fake: FakeBackend, running: Callable[..., WatchService]
 ) -> None:
     running()
     root = Path(cfg.beamlines["bl402"].watch.root)
@@ -143,7 +143,7 @@ def test_moved_in_files_and_new_directories(
 
 
 def test_catch_up_submits_files_present_at_start(
-    cfg: Config, fake: FakeBackend, running: Callable[..., Watcher]
+    cfg: Config, fake: FakeBackend, running: Callable[..., WatchService]
 ) -> None:
     root = Path(cfg.beamlines["bl402"].watch.root)
     for i in range(20):

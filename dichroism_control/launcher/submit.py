@@ -1,0 +1,323 @@
+"""`Launcher`: claims queued scans, sends one new_file run each, records the outcome."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dichroism_control.errors import (
+    BackendError,
+    DichroismError,
+    PermanentBackendError,
+    TransientBackendError,
+)
+from dichroism_control.launcher.labels import run_label
+from dichroism_control.launcher.outcomes import Outcome, Record
+from dichroism_control.launcher.recovery import LOOKUP_MARGIN_SECONDS, Recovery
+from dichroism_control.launcher.requests import RequestBuilder
+from dichroism_control.ledger import Scan
+from dichroism_control.routing import Route, RouteError, route
+
+if TYPE_CHECKING:
+    from dichroism_control.backend import Backend, RunRequest
+    from dichroism_control.config import Config
+    from dichroism_control.deploy_state import Deployment
+    from dichroism_control.ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+# These answers come from in front of the service (rate limiter, load balancer with no
+# healthy target): the run was certainly not started, so no lookup is needed before a retry.
+NOT_STARTED_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A scan this process has moved to `submitting` and is about to send."""
+
+    scan: Scan
+    label: str
+    # Set when an earlier attempt may have started a run: look it up before sending.
+    uncertain: bool
+    since: float
+
+
+class Launcher:
+    """Claims, validates and sends `new_file` runs; records every step in the ledger."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        backend: Backend,
+        deployment: Deployment,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+        lookup_margin: float = LOOKUP_MARGIN_SECONDS,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.backend = backend
+        self.clock = clock
+        self.rng = rng
+        self.requests = RequestBuilder(config, deployment)
+        self.flow_id = self.requests.flow_id
+        self.recovery = Recovery(
+            ledger, backend, self.flow_id, clock=clock, lookup_margin=lookup_margin
+        )
+
+    def request_for(self, scan_route: Route, size: int) -> RunRequest:
+        return self.requests.request_for(scan_route, size)
+
+    def find_runs(self, pending: dict[str, tuple[float, str]]) -> dict[str, dict[str, Any]]:
+        return self.recovery.find_runs(pending)
+
+    def recover(self) -> dict[str, int]:
+        """Settle every scan whose last submission has an unknown outcome (at start-up,
+        holding the SubmitLock): adopt the run if it exists, else queue the scan again."""
+        return self.recovery.recover()
+
+    # -- detection (the `submit` command's path) -----------------------------------------
+    def route(self, path: str, *, beamline: str | None = None) -> Route:
+        return route(self.config, path, beamline=beamline)
+
+    def detect(self, path: str, *, beamline: str | None = None) -> Scan | None:
+        """Route, stat and record one finished scan; None when the ledger already knows it."""
+        scan_route = self.route(path, beamline=beamline)
+        info = os.stat(scan_route.local_path)
+        return self.ledger.add_scan(
+            beamline=scan_route.beamline,
+            path=scan_route.local_path,
+            rel=scan_route.rel,
+            size=info.st_size,
+            mtime=info.st_mtime,
+        )
+
+    # -- the queue -----------------------------------------------------------------------
+    def claim(self, *, limit: int, scan_ids: list[int] | None = None) -> list[Claim]:
+        """Move due `detected` scans to `submitting`, committed before anything is sent."""
+        now = self.clock()
+        with self.ledger.transaction() as conn:
+            # IMMEDIATE: a concurrent writer waits rather than failing the snapshot later.
+            conn.execute("BEGIN IMMEDIATE")
+            if scan_ids is None:
+                rows = conn.execute(
+                    "SELECT * FROM scans WHERE state = 'detected' AND next_attempt_at <= ?"
+                    " ORDER BY next_attempt_at, id LIMIT ?",
+                    (now, limit),
+                ).fetchall()
+            else:
+                marks = ",".join("?" * len(scan_ids))
+                rows = conn.execute(
+                    f"SELECT * FROM scans WHERE state = 'detected' AND id IN ({marks})",
+                    tuple(scan_ids),
+                ).fetchall()
+            claims = []
+            updates = []
+            for row in rows:
+                scan = Scan.from_row(row)
+                label = run_label(scan.beamline, scan.rel)
+                uncertain = scan.submit_started_at is not None
+                since = scan.submit_started_at if scan.submit_started_at is not None else now
+                claims.append(Claim(scan, label, uncertain, since))
+                updates.append((since, label, now, scan.id))
+            conn.executemany(
+                "UPDATE scans SET state = 'submitting', submit_started_at = ?, label = ?,"
+                " attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                updates,
+            )
+        return claims
+
+    def next_due(self) -> float | None:
+        """When the earliest queued scan becomes due (None: nothing queued)."""
+        rows = self.ledger.query(
+            "SELECT MIN(next_attempt_at) AS due FROM scans WHERE state = 'detected'"
+        )
+        due = rows[0]["due"] if rows else None
+        return float(due) if due is not None else None
+
+    def release(self, claim: Claim) -> Outcome:
+        """Give a claim back unsent (shutdown): as if it had never been claimed."""
+        self.ledger.update_scan(
+            claim.scan.id,
+            state="detected",
+            attempts=claim.scan.attempts,
+            submit_started_at=claim.since if claim.uncertain else None,
+        )
+        return Outcome(claim.scan.id, claim.scan.path, "released")
+
+    # -- one attempt ---------------------------------------------------------------------
+    def attempt(self, claim: Claim, *, record: Record | None = None) -> Outcome:
+        """Look up (when uncertain), validate and send one claimed scan; record the outcome
+        (through `record` when given, e.g. an `OutcomeWriter`; else in its own transaction).
+
+        Never raises for a per-scan problem: one bad scan must not stop the others.
+        """
+        write = record if record is not None else self._update
+        scan = claim.scan
+        try:
+            if claim.uncertain:
+                found = self.find_runs({claim.label: (claim.since, scan.beamline)})
+                if claim.label in found:
+                    return self._submitted(claim, found[claim.label], adopted=True, write=write)
+            try:
+                scan_route = self.route(scan.path, beamline=scan.beamline)
+            except RouteError as exc:
+                return self._failed(claim, str(exc), write=write)
+            request = self.requests.request_for(scan_route, scan.size)
+            errors = self.requests.input_errors(request)
+            if errors:
+                return self._failed(
+                    claim,
+                    "input does not match the new_file input_schema: " + "; ".join(errors),
+                    write=write,
+                )
+            run = self.backend.run_flow(request)
+        except TransientBackendError as exc:
+            # After a lookup failed, or an error the run may have outlived: stay uncertain.
+            started = claim.uncertain or exc.http_status not in NOT_STARTED_STATUSES
+            return self._retry(claim, exc, uncertain=started, write=write)
+        except PermanentBackendError as exc:
+            return self._failed(claim, str(exc), write=write)
+        except DichroismError as exc:
+            return self._failed(claim, str(exc), write=write)
+        except Exception as exc:
+            # A bug or an unwrapped library error: keep the scan queued and uncertain.
+            log.exception("%s: unexpected error while submitting", scan.path)
+            error = BackendError(f"{type(exc).__name__}: {exc}")
+            return self._retry(claim, error, uncertain=True, write=write)
+        return self._submitted(claim, run, adopted=False, write=write)
+
+    def _update(self, scan_id: int, fields: dict[str, Any]) -> None:
+        self.ledger.update_scan(scan_id, **fields)
+
+    def _submitted(
+        self, claim: Claim, run: dict[str, Any], *, adopted: bool, write: Record
+    ) -> Outcome:
+        run_id = str(run["run_id"])
+        write(
+            claim.scan.id,
+            {
+                "state": "submitted",
+                "run_id": run_id,
+                "label": claim.label,
+                "last_error": None,
+                "failed_step": None,
+                "next_attempt_at": 0,
+            },
+        )
+        if adopted:
+            log.warning(
+                "%s: adopted run %s started before an interruption", claim.scan.path, run_id
+            )
+        else:
+            log.info("%s: started run %s", claim.scan.path, run_id)
+        return Outcome(claim.scan.id, claim.scan.path, "submitted", run_id=run_id, adopted=adopted)
+
+    def _failed(self, claim: Claim, reason: str, *, write: Record) -> Outcome:
+        write(
+            claim.scan.id,
+            {
+                "state": "failed",
+                "failed_step": "submit",
+                "last_error": reason,
+                "submit_started_at": None,
+            },
+        )
+        log.error("%s: submission FAILED (not retried): %s", claim.scan.path, reason)
+        return Outcome(claim.scan.id, claim.scan.path, "failed", error=reason)
+
+    def _retry(self, claim: Claim, exc: BackendError, *, uncertain: bool, write: Record) -> Outcome:
+        settings = self.config.submit
+        attempts = claim.scan.attempts + 1
+        reason = str(exc)
+        retry_after = exc.retry_after if isinstance(exc, TransientBackendError) else None
+        if attempts >= settings.max_attempts:
+            note = " (a run may exist: check `dichroism runs list`)" if uncertain else ""
+            write(
+                claim.scan.id,
+                {
+                    "state": "failed",
+                    "failed_step": "submit",
+                    "last_error": f"gave up after {attempts} attempts: {reason}{note}",
+                    "submit_started_at": claim.since if uncertain else None,
+                },
+            )
+            log.error(
+                "%s: submission FAILED after %d attempts: %s", claim.scan.path, attempts, reason
+            )
+            return Outcome(claim.scan.id, claim.scan.path, "failed", error=reason)
+        ceiling = min(
+            settings.backoff_max_seconds, settings.backoff_base_seconds * 2 ** (attempts - 1)
+        )
+        delay = self.rng() * ceiling  # full jitter: retries of a burst spread out
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        delay = min(delay, settings.backoff_max_seconds)
+        now = self.clock()
+        write(
+            claim.scan.id,
+            {
+                "state": "detected",
+                "next_attempt_at": now + delay,
+                "last_error": reason,
+                "submit_started_at": claim.since if uncertain else None,
+            },
+        )
+        log.warning(
+            "%s: attempt %d failed (%s); retrying in %.1f s",
+            claim.scan.path,
+            attempts,
+            reason,
+            delay,
+        )
+        pause = now + min(retry_after, settings.backoff_max_seconds) if retry_after else None
+        return Outcome(
+            claim.scan.id,
+            claim.scan.path,
+            "detected",
+            error=reason,
+            next_attempt_at=now + delay,
+            pause_until=pause,
+        )
+
+    # -- finding runs started before a crash ---------------------------------------------
+    def drain(
+        self,
+        *,
+        scan_ids: list[int] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        batch: int = 64,
+    ) -> list[Outcome]:
+        """Send queued scans (all, or only `scan_ids`) until none is left, sleeping until
+        retries are due. Returns the outcome of every attempt, in order."""
+        outcomes: list[Outcome] = []
+        while True:
+            if scan_ids is None:
+                claims = self.claim(limit=batch)
+                due_at = None if claims else self.next_due()
+            else:
+                marks = ",".join("?" * len(scan_ids))
+                rows = self.ledger.query(
+                    f"SELECT id, next_attempt_at FROM scans WHERE state = 'detected'"
+                    f" AND id IN ({marks})",
+                    tuple(scan_ids),
+                )
+                if not rows:
+                    return outcomes
+                now = self.clock()
+                ready = [int(r["id"]) for r in rows if r["next_attempt_at"] <= now]
+                claims = self.claim(limit=len(ready), scan_ids=ready) if ready else []
+                due_at = None if claims else min(float(r["next_attempt_at"]) for r in rows)
+            for claim in claims:
+                outcomes.append(self.attempt(claim))
+            if not claims:
+                if due_at is None:
+                    return outcomes
+                sleep(max(0.0, due_at - self.clock()))

@@ -1,0 +1,192 @@
+"""What every lifecycle step shares: constants, small helpers and the `Step` base class.
+
+A step is one room of the lifecycle (new_file runs, archive groups, prune batches); each
+holds the same handles (config, ledger, backend, deployment, clock) and the same three
+services: validating a run body against the deployed schema, building a `RunRequest`, and
+recording a failed run exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from dichroism_control.backend import Backend, RunRequest
+from dichroism_control.config import Beamline, Config
+from dichroism_control.definitions import input_validator
+from dichroism_control.deploy_state import Deployment
+from dichroism_control.ledger import Ledger
+
+ARCHIVE_MAX_FILES = 1000  # archive input_schema: files.maxItems
+PRUNE_MAX_FILES = 2000  # prune input_schema: target.files.maxItems
+# Local clock vs the Flows service's start_time: how far back past "the oldest thing we
+# wait for" the run listing keeps reading before it concludes a run does not exist.
+CLOCK_SKEW_SECONDS = 900.0
+UNSORTED_PROPOSAL = "_unsorted"
+_REASON_MAX = 1000
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+IN_FLIGHT_SCAN_STATES = ("detected", "submitting", "submitted")
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a prune deletes, and the scan columns that track it."""
+
+    name: str
+    confirmed: str  # when the copy this prune relies on was confirmed
+    batch: str
+    pruned: str
+
+
+LOCATIONS: dict[str, Location] = {
+    "compute_dtn": Location("compute_dtn", "transferred_at", "dtn_prune_batch", "dtn_pruned_at"),
+    "cfs": Location("cfs", "archived_at", "cfs_prune_batch", "cfs_pruned_at"),
+}
+
+
+class Conflict(Exception):
+    """Rows changed under us (another writer); the transaction is rolled back."""
+
+
+def utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+def utc_day(ts: float) -> str:
+    return utc(ts).date().isoformat()
+
+
+def shorten(text: str, limit: int = 128) -> str:
+    if len(text) <= limit:
+        return text
+    keep = limit - 1
+    return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2 :]
+
+
+def failure_reason(run: dict[str, Any]) -> str:
+    """A one-line reason from a finished run document (details.output.error, code, description)."""
+    details = run.get("details") or {}
+    parts: list[str] = []
+    output = details.get("output") if isinstance(details, dict) else None
+    error = output.get("error") if isinstance(output, dict) else None
+    if isinstance(error, dict):
+        name = error.get("Error") or error.get("error") or error.get("code")
+        cause = error.get("Cause") or error.get("cause") or error.get("description")
+        if isinstance(cause, dict | list):
+            cause = json.dumps(cause, sort_keys=True)
+        text = ": ".join(str(p) for p in (name, cause) if p)
+        if text:
+            parts.append(text)
+    elif error:
+        parts.append(str(error))
+    if isinstance(details, dict):
+        code, description = details.get("code"), details.get("description")
+        summary = ": ".join(str(p) for p in (code, description) if p)
+        if summary:
+            parts.append(summary if not parts else f"({summary})")
+    reason = " ".join(parts) or f"run {run.get('status', 'FAILED')}"
+    return reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 1] + "…"
+
+
+def proposal_directory(settings: Beamline, rel: str) -> tuple[str, str]:
+    """(directory, proposal) of a scan: the proposal level of `rel`, or the configured default.
+
+    Files above the proposal level share the directory "" and the default proposal
+    (`scicat.default_proposal`, else `_unsorted`).
+    """
+    depth = settings.scicat.proposal_depth
+    directories = PurePosixPath(rel).parts[:-1]
+    if depth and len(directories) >= depth:
+        return "/".join(directories[:depth]), directories[depth - 1]
+    return "", settings.scicat.default_proposal or UNSORTED_PROPOSAL
+
+
+def archive_name(beamline: str, proposal: str, rels: list[str], newest: float) -> str:
+    """`{proposal}_{YYYY-MM-DD}_{hash}`: the same members always give the same name."""
+    safe = _NAME_UNSAFE.sub("_", proposal)[:60] or UNSORTED_PROPOSAL
+    digest = hashlib.sha256("\n".join([beamline, *sorted(rels)]).encode()).hexdigest()[:10]
+    return f"{safe}_{utc_day(newest)}_{digest}"
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def timer_id_of(timer: dict[str, Any]) -> str | None:
+    for key in ("job_id", "timer_id", "id"):
+        value = timer.get(key)
+        if value:
+            return str(value)
+    return None
+
+
+class Step:
+    """The handles and services every lifecycle step uses (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        backend: Backend,
+        deployment: Deployment,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.backend = backend
+        self.deployment = deployment
+        self.clock = clock
+        self.settings = config.lifecycle
+        self._validators: dict[str, Any] = {}
+
+    def validate(self, flow: str, body: dict[str, Any]) -> str | None:
+        """The first schema error of a run body against the deployed (specialised) schema."""
+        validator = self._validators.get(flow)
+        if validator is None:
+            validator = self._validators[flow] = input_validator(self.config, flow)
+        errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
+        if not errors:
+            return None
+        first = errors[0]
+        where = ".".join(str(p) for p in first.absolute_path) or "(top)"
+        return f"{flow} input invalid at {where}: {first.message[:300]}"
+
+    def run_request(
+        self, flow_id: str, body: dict[str, Any], label: str, tags: list[str]
+    ) -> RunRequest:
+        roles = self.config.globus.roles
+        return RunRequest(
+            flow_id=flow_id,
+            body=body,
+            label=label,
+            tags=tags,
+            run_monitors=list(roles.run_monitors),
+            run_managers=list(roles.run_managers),
+            notify_on=list(self.config.globus.notifications.status),
+        )
+
+    def record_failure(
+        self, conn: sqlite3.Connection, run: dict[str, Any], flow: str, subject: str, reason: str
+    ) -> int | None:
+        """Record a failed run once; the subject's failure count, or None if already known."""
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO run_failures (run_id, flow, subject, status, reason,"
+            " failed_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (run["run_id"], flow, subject, run.get("status", "FAILED"), reason, self.clock()),
+        )
+        if cursor.rowcount == 0:
+            return None
+        row = conn.execute(
+            "SELECT COUNT(*) FROM run_failures WHERE subject = ?", (subject,)
+        ).fetchone()
+        return int(row[0])
