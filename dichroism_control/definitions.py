@@ -8,7 +8,6 @@ schema. `--remote` adds the service's own validate endpoint on top.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from collections.abc import Iterator
@@ -196,33 +195,14 @@ def validate_document(document: FlowDocument, *, house_rules: bool = True) -> li
 
 
 # -- specialisation and checksums ----------------------------------------------------------
-def specialise(document: FlowDocument, config: Config) -> FlowDocument:
-    """Narrow the schema to this deployment: the prune flow only accepts configured roots."""
-    if document.name != "prune":
-        return document
-    from dichroism_control.routing import cfs_root_path, hpss_directory, source_root_path
-
-    schema = copy.deepcopy(document.input_schema)
-    names = sorted(config.beamlines)
-    dtn_roots = [source_root_path(config, n) for n in names]
-    cfs_roots = [cfs_root_path(config, n) for n in names]
-    tape_roots = [hpss_directory(config, n) for n in names]
-    props = schema["properties"]["input"]["properties"]
-    props["target"]["properties"]["root"]["enum"] = sorted(set(dtn_roots + cfs_roots))
-    props["safe"]["properties"]["root"]["enum"] = sorted(set(cfs_roots + tape_roots))
-    props["beamline"]["enum"] = names
-    return FlowDocument(document.name, document.path, document.definition, schema)
-
-
-def input_validator(config: Config, name: str) -> Any:
-    """A jsonschema validator for run bodies of flow `name`: the schema as deployed
-    (specialised to this config), with format checks on."""
-    import jsonschema
-
-    path = config.definitions_path / f"{name}.json"
-    schema = specialise(load_document(path, name=name), config).input_schema
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+def wait_time(config: Config, name: str, state: str) -> float:
+    """A state's WaitTime in the deployed definition: how long the flow lets its action run
+    (the Transfer `deadline` of that state's task must not be shorter)."""
+    document = load_document(config.definitions_path / f"{name}.json", name=name)
+    spec = document.definition.get("States", {}).get(state)
+    if not isinstance(spec, dict) or not isinstance(spec.get("WaitTime"), int | float):
+        raise DefinitionError(f"{name}: States.{state}.WaitTime is not set")
+    return float(spec["WaitTime"])
 
 
 def canonical(value: Any) -> str:

@@ -25,12 +25,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dichroism_control.binding import specialise
 from dichroism_control.config import FLOW_NAMES, FUNCTION_NAMES, Config
 from dichroism_control.definitions import (
     FlowDocument,
     canonical,
     load_all,
-    specialise,
     validate_document,
 )
 from dichroism_control.errors import ConfigError, DefinitionError
@@ -281,9 +281,12 @@ class Deployer:
 
     def run(self) -> Report:
         flows, functions = self._selection()
-        specs = self._check(flows)  # every refusal happens before the first write
+        self._check(flows)  # every refusal happens before the first write
         for name in functions:
             self.report.functions.append(self._function(name))
+        # The flows' input schemas bind the function ids (binding.py): bind the ones just
+        # registered, not the ones known before.
+        specs = self._check(flows)
         for name, spec in specs.items():
             self.report.flows.append(self._flow(name, spec))
         return self.report
@@ -315,7 +318,7 @@ class Deployer:
         for name in flows:
             if name not in documents:
                 raise DefinitionError(f"{name}: no flow definition")
-            document = specialise(documents[name], self.config)
+            document = specialise(documents[name], self.config, functions=self._function_ids())
             problems.extend(validate_document(document))
             specs[name] = flow_spec(self.config, document)
         if problems:
@@ -347,6 +350,12 @@ class Deployer:
         self.state.functions[name] = {"id": function_id, "checksum": digest}
         self.state.save()
         return Result("function", name, function_id, "registered", note=note)
+
+    def _function_ids(self) -> dict[str, str]:
+        ids = {n: e["id"] for n, e in self.state.functions.items() if e.get("id")}
+        if self._pins_apply:
+            ids.update(self.config.globus.functions)
+        return ids
 
     def _default_table(self) -> FunctionTable:
         if self.functions is None:

@@ -4,9 +4,15 @@ It is the queue too: a scan waiting for a retry is a row with `next_attempt_at`,
 an object in memory, so a crash or restart loses nothing. Writers are the watcher, the
 lifecycle loop and the CLI; WAL lets `dichroism status` read while the watcher writes.
 
+A row is a scan VERSION: (path, content). The n-th distinct content seen at a path is
+version n, with the MD5 checksum, size, mtime and inode taken when it was detected
+(`identity.py`); `versions.py` decides when a finished file is a new version.
+
 Scan states (DESIGN "Lifecycle of one scan"):
   detected -> submitting -> submitted -> transferred -> archive_submitted -> archived -> pruned
-  failed (with failed_step, last_error, attempts) from any step.
+  failed (with failed_step, last_error, attempts) from any step;
+  superseded: a newer version of the path exists, so this one leaves the pipeline (what of it
+  is already on tape stays there: tape is history).
 `submitting` marks the window between "about to call run_flow" and "run id recorded": a scan
 found in it after a crash is looked up by label before it is ever submitted again.
 Prune progress is kept per location (dtn_pruned_at / cfs_pruned_at); `pruned` means both.
@@ -17,7 +23,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +40,24 @@ SCAN_STATES = (
     "archived",
     "pruned",
     "failed",
+    "superseded",
 )
+# The schema this code writes (PRAGMA user_version). 0: a ledger from before versions
+# existed (one row per path, no checksum); `_migrate` rebuilds its scans table.
+SCHEMA_VERSION = 2
 
-SCHEMA = """
+SCANS_TABLE = """
 CREATE TABLE IF NOT EXISTS scans (
     id INTEGER PRIMARY KEY,
     beamline TEXT NOT NULL,
-    path TEXT NOT NULL UNIQUE,          -- local path on the acquisition host
+    path TEXT NOT NULL,                 -- local path on the acquisition host
     rel TEXT NOT NULL,                  -- path relative to the watch root
+    version INTEGER NOT NULL DEFAULT 1, -- the n-th distinct content seen at this path
     size INTEGER NOT NULL,
     mtime REAL NOT NULL,
+    mtime_ns INTEGER,
+    inode INTEGER,
+    checksum TEXT,                      -- MD5 (hex) at detection; NULL: recorded before v2
     state TEXT NOT NULL,
     run_id TEXT,                        -- the new_file run
     label TEXT,
@@ -59,9 +73,19 @@ CREATE TABLE IF NOT EXISTS scans (
     cfs_prune_batch TEXT,
     dtn_pruned_at REAL,
     cfs_pruned_at REAL,
+    superseded_at REAL,                 -- when a newer version of the path was recorded
+    tape_path TEXT,                     -- the archive (or single file) holding this version
+    tape_member TEXT,                   -- its member name in that archive; NULL: a single
+    kept INTEGER NOT NULL DEFAULT 0,    -- times a prune left this version in place
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    UNIQUE (path, version)
 );
+"""
+
+SCHEMA = (
+    SCANS_TABLE
+    + """
 CREATE INDEX IF NOT EXISTS scans_state ON scans(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS scans_run ON scans(run_id);
 CREATE INDEX IF NOT EXISTS scans_beamline ON scans(beamline, state);
@@ -95,6 +119,7 @@ CREATE TABLE IF NOT EXISTS prune_timers (
     state TEXT NOT NULL,                -- scheduling, scheduled, succeeded, failed, cancelled
     run_id TEXT,
     last_error TEXT,
+    kept INTEGER,                       -- files the prune run left in place (with reasons)
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -114,6 +139,7 @@ CREATE INDEX IF NOT EXISTS run_failures_subject ON run_failures(subject);
 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+)
 
 
 @dataclass(frozen=True)
@@ -122,8 +148,11 @@ class Scan:
     beamline: str
     path: str
     rel: str
+    version: int
     size: int
     mtime: float
+    mtime_ns: int | None
+    checksum: str | None
     state: str
     run_id: str | None
     label: str | None
@@ -145,7 +174,13 @@ class Database:
     tables share the file with the ledger.
     """
 
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        schema: str,
+        *,
+        migrate: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
@@ -157,6 +192,8 @@ class Database:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self.transaction() as conn:
+            if migrate is not None:
+                migrate(conn)
             conn.executescript(schema)
 
     def close(self) -> None:
@@ -188,7 +225,7 @@ class Ledger(Database):
     """The scans, archive groups and prune batches (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
+        super().__init__(path, SCHEMA, migrate=_migrate)
 
     # -- scans ---------------------------------------------------------------------------
     def add_scan(
@@ -293,6 +330,36 @@ class Ledger(Database):
         )
 
 
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an existing ledger to SCHEMA_VERSION (before SCHEMA's CREATE ... IF NOT EXISTS).
+
+    Version 0 -> 2: the scans table had one row per path (`path UNIQUE`) and no checksum.
+    SQLite cannot drop a UNIQUE constraint, so the table is rebuilt; every old row becomes
+    version 1 with no checksum. Such a scan is never pruned on a content check it never had:
+    the watcher's next rescan hashes it (if its size and mtime are unchanged the checksum is
+    filled in; otherwise it is a new version)."""
+    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if current >= SCHEMA_VERSION:
+        return
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(scans)")}
+    if columns and "version" not in columns:
+        # One transaction: a crash mid-way leaves the old table as it was.
+        conn.execute("BEGIN IMMEDIATE")
+        old = sorted(columns)
+        conn.execute("ALTER TABLE scans RENAME TO scans_v0")
+        conn.execute(SCANS_TABLE)
+        names = ", ".join(old)
+        conn.execute(
+            f"INSERT INTO scans ({names}, version, mtime_ns) SELECT {names}, 1,"
+            " CAST(mtime * 1000000000 AS INTEGER) FROM scans_v0"
+        )
+        conn.execute("DROP TABLE scans_v0")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.commit()
+        return
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
 _SCAN_COLUMNS = {
     "state",
     "run_id",
@@ -311,4 +378,11 @@ _SCAN_COLUMNS = {
     "cfs_pruned_at",
     "size",
     "mtime",
+    "mtime_ns",
+    "inode",
+    "checksum",
+    "superseded_at",
+    "tape_path",
+    "tape_member",
+    "kept",
 }

@@ -34,6 +34,7 @@ class Route:
     destination_path: str
     destination_root: str
     proposal: str | None
+    real_path: str = ""  # local_path with every symlink resolved (checked inside the root)
 
 
 @functools.lru_cache(maxsize=64)
@@ -111,6 +112,7 @@ def route(config: Config, path: str | Path, *, beamline: str | None = None) -> R
         destination_path=_join(destination.root_path, rel),
         destination_root=destination.root_path,
         proposal=proposal_for(settings, rel),
+        real_path=real,
     )
 
 

@@ -29,7 +29,10 @@ from typing import TYPE_CHECKING
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
-from dichroism_control.routing import RouteError, matches, route
+from dichroism_control.identity import IdentityError, StillChanging, identify
+from dichroism_control.routing import Route, RouteError, matches, route
+from dichroism_control.versions import Seen, stale_paths
+from dichroism_control.versions import record as record_versions
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
@@ -338,24 +341,27 @@ class Watcher:
     def catch_up(
         self, name: str, *, immediate: bool, below: str | None = None, new_directory: bool = False
     ) -> int:
-        """Files present but unknown to the ledger: settle them (or, when `immediate` and
-        untouched for settle_seconds already, record them now). Returns how many."""
+        """Files the ledger does not hold as they are now (never seen, or changed since
+        their latest version was recorded): settle them (or, when `immediate` and untouched
+        for settle_seconds already, record them now). Returns how many."""
         beamline = self.beamlines[name]
         root = beamline.watch.root
-        candidates = [
-            p
-            for p in walk_files(below or root, beamline)
-            if p not in self.tracker and matches(beamline, os.path.relpath(p, root))
-        ]
-        unknown = self.ledger.unknown_paths(candidates)
+        stats: dict[str, os.stat_result] = {}
+        for path in walk_files(below or root, beamline):
+            if path in self.tracker or not matches(beamline, os.path.relpath(path, root)):
+                continue
+            try:
+                stats[path] = os.lstat(path)
+            except OSError:
+                continue
+        stale = stale_paths(
+            self.ledger, {p: (i.st_size, i.st_mtime_ns, i.st_ino) for p, i in stats.items()}
+        )
         now_wall = time.time()
         settled: list[Finished] = []
         wake = False
-        for path in unknown:
-            try:
-                info = os.lstat(path)
-            except OSError:
-                continue
+        for path in sorted(stale):
+            info = stats[path]
             if immediate and now_wall - info.st_mtime >= beamline.watch.settle_seconds:
                 settled.append(Finished(path, name, info.st_size, info.st_mtime))
             else:
@@ -369,14 +375,14 @@ class Watcher:
             self._wake_settle()
         if settled:
             self._record(settled)
-        if unknown:
+        if stale:
             log.info(
-                "%s: catch-up found %d unrecorded file(s) under %s",
+                "%s: catch-up found %d new or changed file(s) under %s",
                 name,
-                len(unknown),
+                len(stale),
                 below or root,
             )
-        return len(unknown)
+        return len(stale)
 
     # -- settle thread -------------------------------------------------------------------
     def _wake_settle(self) -> None:
@@ -410,22 +416,52 @@ class Watcher:
                 time.sleep(1.0)
 
     def _record(self, finished: list[Finished]) -> None:
-        rows: list[tuple[str, str, str, int, float]] = []
+        """Route, identify (hash) and record finished files as scan versions."""
+        routed: list[tuple[Finished, Route]] = []
         for item in finished:
             try:
-                found = route(self.config, item.path, beamline=item.beamline)
+                routed.append((item, route(self.config, item.path, beamline=item.beamline)))
             except RouteError as exc:
-                self.refused += 1
-                if item.path not in self._refused and len(self._refused) < 10_000:
-                    self._refused.add(item.path)
-                    log.warning("refused: %s", exc)
+                self._refuse(item.path, str(exc))
+        if not routed:
+            return
+        stats = {}
+        for _item, found in routed:
+            try:
+                info = os.lstat(found.local_path)
+            except OSError:
+                continue  # gone already: nothing to record
+            stats[found.local_path] = (info.st_size, info.st_mtime_ns, info.st_ino)
+        stale = stale_paths(self.ledger, stats)
+        seen: list[Seen] = []
+        for item, found in routed:
+            if found.local_path not in stale:
                 continue
-            rows.append((found.beamline, found.local_path, found.rel, item.size, item.mtime))
-        new = self.ledger.record_detected(rows)
+            try:
+                identity = identify(found.local_path, real_path=found.real_path)
+            except StillChanging:
+                # Written to while it was read: not finished after all; settle again.
+                if self.tracker.existing(item.path, self.beamlines[item.beamline], item.beamline):
+                    self._wake_settle()
+                continue
+            except IdentityError as exc:
+                self._refuse(item.path, str(exc))
+                continue
+            seen.append(Seen(found.beamline, found.local_path, found.rel, identity))
+        result = record_versions(self.ledger, seen)
+        new = len(result.new_ids)
+        if result.new_versions:
+            log.info("%d changed file(s) recorded as new versions", result.new_versions)
         if new:
             self.detected += new
             if self.on_detected is not None:
                 self.on_detected(new)
+
+    def _refuse(self, path: str, reason: str) -> None:
+        self.refused += 1
+        if path not in self._refused and len(self._refused) < 10_000:
+            self._refused.add(path)
+            log.warning("refused: %s", reason)
 
 
 class _Handler(FileSystemEventHandler):

@@ -76,15 +76,41 @@ def compute_action(
 
 SEE_ERROR = " The error details are in the run's output under $.error."
 
+# Limits that keep every run's state under the Flows cap of 200 KB
+# (docs.globus.org/api/flows/limits) at the largest input the schemas allow: a file item is
+# at most ~360 bytes of JSON (a 240-character relative path, size, mtime, MD5, version, tape
+# index), so 200 of them are ~72 KB of input, and every result the flows keep is indices and
+# counts, never per-file paths (the Compute action provider stores each result twice:
+# details.result and details.results[].output). tests/local/test_state_budget.py runs the
+# flows at these limits and measures the state.
+BATCH_MAX_FILES = 200
+REL_MAX = 240
+ARCHIVES_MAX = 50
+MD5 = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+VERSION = {"type": "integer", "minimum": 1}
+# Transfer's `last_modified` form (docs.globus.org/api/transfer/file_operations, File
+# document): UTC, whole seconds.
+TRANSFER_TIME = {
+    "type": "string",
+    "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\\+00:00$",
+}
+DEADLINE = {"type": "string", "format": "date-time", "maxLength": 40}
+BATCH_REL = {**REL_PATH, "maxLength": REL_MAX}
+
+# Globus Transfer's default checksum algorithm, and the one identity.py computes at detection.
+CHECKSUM_ALGORITHM = "MD5"
+
 new_file = {
     "definition": {
-        "Comment": "One scan: copy compute-dtn -> NERSC CFS (checksum sync + verify), confirm the "
-        "size at CFS, register it in SciCat.",
+        "Comment": "One scan version: copy compute-dtn -> NERSC CFS, verified by Globus against "
+        "the MD5 taken when the scan was detected; confirm the size at CFS; register it in "
+        "SciCat.",
         "StartAt": "TransferToCFS",
         "States": {
             "TransferToCFS": {
                 "Type": "Action",
-                "Comment": "Checksum-verified copy of one file from the beamline to CFS.",
+                "Comment": "external_checksum: Globus verifies source and copy against the bytes "
+                "seen at detection (a file changed or swapped since fails the task).",
                 "ActionUrl": f"{TRANSFER}/transfer",
                 "Parameters": {
                     "source_endpoint.$": "$.input.source.collection_id",
@@ -93,10 +119,16 @@ new_file = {
                         {
                             "source_path.$": "$.input.source.path",
                             "destination_path.$": "$.input.destination.path",
+                            "external_checksum.$": "$.input.source.checksum",
+                            "checksum_algorithm": CHECKSUM_ALGORITHM,
                         }
                     ],
-                    "sync_level": "checksum",
+                    # The task document types sync_level as an integer: 3 = checksum.
+                    "sync_level": 3,
                     "verify_checksum": True,
+                    "preserve_timestamp": True,
+                    "deadline.$": "$.input.deadline",
+                    "notify_on_succeeded": False,
                     "label.$": "$._context.run_id",
                 },
                 "ResultPath": "$.transfer",
@@ -142,18 +174,22 @@ new_file = {
                     "beamline.$": "$.input.beamline",
                     "file_path.$": "$.input.destination.path",
                     "size.$": "$.input.source.size",
+                    "checksum.$": "$.input.source.checksum",
+                    "version.$": "$.input.source.version",
                     "proposal.$": "$.input.scicat.proposal",
                     "metadata.$": "$.input.scicat.metadata",
                 },
                 "$.ingest",
                 "IngestFailed",
                 3600,
-                "Register the scan in SciCat (raw dataset + OrigDatablock); idempotent.",
+                "Register the scan in SciCat (raw dataset + OrigDatablock with the MD5); a new "
+                "version updates the dataset; idempotent.",
                 End=True,
             ),
             "TransferFailed": fail(
                 "TransferFailed",
-                "The checksum-verified copy from compute-dtn to CFS failed." + SEE_ERROR,
+                "The checksum-verified copy from compute-dtn to CFS failed (a checksum mismatch "
+                "means the file changed after it was detected)." + SEE_ERROR,
             ),
             "StatFailed": fail(
                 "StatFailed", "Could not stat the copy at CFS after the transfer." + SEE_ERROR
@@ -172,8 +208,18 @@ new_file = {
     "input_schema": obj(
         {
             "beamline": BEAMLINE,
-            "source": obj({"collection_id": UUID, "path": ABS_PATH, "size": SIZE}),
+            "source": obj(
+                {
+                    "collection_id": UUID,
+                    "path": ABS_PATH,
+                    "size": SIZE,
+                    "mtime": TRANSFER_TIME,
+                    "checksum": MD5,
+                    "version": VERSION,
+                }
+            ),
             "destination": obj({"collection_id": UUID, "path": ABS_PATH}),
+            "deadline": DEADLINE,
             "scicat": obj(
                 {
                     "endpoint_id": UUID,
@@ -181,12 +227,16 @@ new_file = {
                     "proposal": {"type": ["string", "null"], "maxLength": 128},
                     "metadata": obj(
                         {
-                            "instrument_id": {"type": "string"},
-                            "owner_group": {"type": "string"},
-                            "access_groups": {"type": "array", "items": {"type": "string"}},
-                            "owner": {"type": "string"},
-                            "contact_email": {"type": "string"},
-                            "principal_investigator": {"type": "string"},
+                            "instrument_id": {"type": "string", "maxLength": 256},
+                            "owner_group": {"type": "string", "maxLength": 256},
+                            "access_groups": {
+                                "type": "array",
+                                "maxItems": 64,
+                                "items": {"type": "string", "maxLength": 256},
+                            },
+                            "owner": {"type": "string", "maxLength": 256},
+                            "contact_email": {"type": "string", "maxLength": 256},
+                            "principal_investigator": {"type": "string", "maxLength": 256},
                         }
                     ),
                 }
@@ -195,18 +245,13 @@ new_file = {
     ),
 }
 
-# Paths relative to a root keep batches inside the 200 KB run-state cap.
-FILES = {
-    "type": "array",
-    "minItems": 1,
-    "maxItems": 1000,
-    "items": obj({"path": REL_PATH, "size": SIZE}),
-}
+ARCHIVE_FILE = obj({"path": BATCH_REL, "size": SIZE, "checksum": MD5, "version": VERSION})
 
 archive = {
     "definition": {
-        "Comment": "One group of CFS files -> NERSC HPSS (htar bundles / hsi cput, verified), then "
-        "record the tape locations in SciCat.",
+        "Comment": "One group of CFS scan versions -> NERSC HPSS (htar bundles / hsi cput, each "
+        "CFS file checked against its MD5 first, verified on tape), then record the tape "
+        "locations in SciCat.",
         "StartAt": "ArchiveToTape",
         "States": {
             "ArchiveToTape": compute_action(
@@ -223,7 +268,8 @@ archive = {
                 "$.archive",
                 "ArchiveFailed",
                 172800,
-                "hpss_archive at NERSC: bundle/send, verify, return the manifest.",
+                "hpss_archive at NERSC: check, bundle/send, verify; returns where each file went "
+                "as indices (a file whose CFS copy changed meanwhile is left out, reported).",
                 Next="RecordTapeLocation",
             ),
             "RecordTapeLocation": compute_action(
@@ -231,7 +277,10 @@ archive = {
                 "$.input.scicat.function_id",
                 {
                     "beamline.$": "$.input.beamline",
-                    "manifest.$": "$.archive.details.result[0].manifest",
+                    "cfs_root.$": "$.input.cfs_root",
+                    "hpss_dir.$": "$.input.hpss.directory",
+                    "files.$": "$.input.files",
+                    "archive.$": "$.archive.details.result[0]",
                 },
                 "$.scicat",
                 "RecordFailed",
@@ -255,7 +304,12 @@ archive = {
             "beamline": BEAMLINE,
             "proposal": {"type": "string", "minLength": 1, "maxLength": 128},
             "cfs_root": ABS_PATH,
-            "files": FILES,
+            "files": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": BATCH_MAX_FILES,
+                "items": ARCHIVE_FILE,
+            },
             "hpss": obj(
                 {
                     "endpoint_id": UUID,
@@ -277,56 +331,219 @@ archive = {
     ),
 }
 
+# The prune's file item: what the version was when its safe copy was confirmed. `archive`
+# (CFS prunes only) is the index of the file's htar archive in safe.archives, -1 for a file
+# sent alone with hsi.
+PRUNE_FILE = obj(
+    {
+        "path": BATCH_REL,
+        "size": SIZE,
+        "mtime": TRANSFER_TIME,
+        "checksum": MD5,
+        "version": VERSION,
+        "archive": {"type": "integer", "minimum": -1, "maximum": ARCHIVES_MAX - 1},
+    },
+    required=["path", "size", "mtime", "checksum", "version"],
+)
+_FILE = "input.target.files[check.todo[check.pos]]"
+VERIFY_KWARGS = {
+    "target_root.$": "$.input.target.root",
+    "safe_root.$": "$.input.safe.root",
+    "files.$": "$.input.target.files",
+}
+
+
+def judge_expression() -> str:
+    """The target is still the version recorded: a regular file, same size, same mtime.
+
+    `and` short-circuits, so a failed stat (no `details.type`) never reaches the later terms.
+    """
+    return (
+        "stat.status == 'SUCCEEDED' and 'type' in stat.details and 'size' in stat.details"
+        " and 'last_modified' in stat.details and stat.details.type == 'file'"
+        f" and stat.details.size == {_FILE}.size"
+        f" and stat.details.last_modified == {_FILE}.mtime"
+    )
+
+
+CHECK_LISTS = ("delete", "changed", "gone")
+
+
+def advance(field: str) -> dict:
+    """The check accumulator after one file: list `field` gains the file's index.
+
+    delete: the target is still the version recorded; changed: it is there but not that
+    version (another size or mtime, or not a regular file); gone: Transfer could not stat it.
+    """
+    parameters: dict = {
+        "todo.$": "$.check.todo",
+        "n.$": "$.check.n",
+        "pos.=": "check.pos + 1",
+    }
+    for name in CHECK_LISTS:
+        if name == field:
+            parameters[f"{name}.="] = f"check.{name} + [check.todo[check.pos]]"
+        else:
+            parameters[f"{name}.$"] = f"$.check.{name}"
+    return {
+        "Type": "ExpressionEval",
+        "Parameters": parameters,
+        "ResultPath": "$.check",
+        "Next": "MoreToCheck",
+    }
+
 
 prune = {
     "definition": {
-        "Comment": "Verify-then-delete: every file's safe copy is checked at run time (CFS copy, "
-        "or tape copy via hpss_verify); only if all are verified are the targets deleted.",
-        "StartAt": "VerifySafeCopies",
+        "Comment": "Delete only what is proven safe and unchanged, at delete time. 1. Each "
+        "file's safe copy holds its content (CFS copy: MD5 at NERSC; tape: listed with its size "
+        "in the archive recorded for it, and the CFS file itself hashed). 2. Each target is "
+        "still that version (Transfer stat: a regular file, same size and mtime). 3. Delete "
+        "exactly the files that passed both; every other file is kept and reported by index "
+        "with its reason. One changed file never blocks the rest of its batch.",
+        "StartAt": "WhichSafeCopy",
         "States": {
-            "VerifySafeCopies": compute_action(
-                "$.input.verify.endpoint_id",
-                "$.input.verify.function_id",
-                {
-                    "target_root.$": "$.input.target.root",
-                    "safe_root.$": "$.input.safe.root",
-                    "files.$": "$.input.target.files",
-                },
-                "$.verification",
-                "VerificationFailed",
-                7200,
-                "cfs_verify / hpss_verify: raises naming any file whose safe copy is not "
-                "verified; returns the delete list only when all are.",
-                Next="AllVerified",
-            ),
-            "AllVerified": {
+            "WhichSafeCopy": {
                 "Type": "Choice",
-                "Comment": "A second gate: delete only on an explicit all_verified == true.",
                 "Choices": [
                     {
-                        "And": [
-                            {
-                                "Variable": "$.verification.details.result[0].all_verified",
-                                "IsPresent": True,
-                            },
-                            {
-                                "Variable": "$.verification.details.result[0].all_verified",
-                                "BooleanEquals": True,
-                            },
-                        ],
-                        "Next": "DeleteVerified",
+                        "Variable": "$.input.location",
+                        "StringEquals": "compute_dtn",
+                        "Next": "VerifyCFSCopies",
+                    },
+                    {
+                        "Variable": "$.input.location",
+                        "StringEquals": "cfs",
+                        "Next": "VerifyTapeCopies",
+                    },
+                ],
+                "Default": "UnknownLocation",
+            },
+            "VerifyCFSCopies": compute_action(
+                "$.input.verify.endpoint_id",
+                "$.input.verify.function_id",
+                VERIFY_KWARGS,
+                "$.verification",
+                "VerificationFailed",
+                21600,
+                "cfs_verify at NERSC: each file's CFS copy must hash to its MD5; returns the "
+                "indices of the safe files and, for the others, the index and reason.",
+                Next="StartChecks",
+            ),
+            "VerifyTapeCopies": compute_action(
+                "$.input.verify.endpoint_id",
+                "$.input.verify.function_id",
+                {**VERIFY_KWARGS, "archives.$": "$.input.safe.archives"},
+                "$.verification",
+                "VerificationFailed",
+                21600,
+                "hpss_verify at NERSC: each file's tape copy must be listed with its size in "
+                "the archive recorded for it (tape can only be checked by size), and the CFS "
+                "file itself must still hash to its MD5.",
+                Next="StartChecks",
+            ),
+            "StartChecks": {
+                "Type": "ExpressionEval",
+                "Comment": "Loop over the files whose safe copy was verified.",
+                "Parameters": {
+                    "todo.=": "verification.details.result[0].safe",
+                    "n.=": "len(verification.details.result[0].safe)",
+                    "pos": 0,
+                    "delete": [],
+                    "changed": [],
+                    "gone": [],
+                },
+                "ResultPath": "$.check",
+                "Next": "MoreToCheck",
+            },
+            "MoreToCheck": {
+                "Type": "Choice",
+                "Choices": [
+                    {
+                        "Variable": "$.check.pos",
+                        "NumericLessThanPath": "$.check.n",
+                        "Next": "StatTarget",
                     }
                 ],
-                "Default": "NotVerified",
+                "Default": "Summarize",
             },
-            "DeleteVerified": {
+            "StatTarget": {
                 "Type": "Action",
-                "Comment": "Delete exactly the files the verifier listed.",
+                "Comment": "The target as it is now. A failed stat (gone, not permitted) is "
+                "recorded, not raised: that file is kept, the others go on.",
+                "ActionUrl": f"{TRANSFER}/stat",
+                "Parameters": {
+                    "endpoint_id.$": "$.input.target.collection_id",
+                    "path.=": f"input.target.root + '/' + {_FILE}.path",
+                },
+                "ResultPath": "$.stat",
+                "WaitTime": 600,
+                "ExceptionOnActionFailure": False,
+                "Catch": catch("StatUnavailable"),
+                "Next": "JudgeTarget",
+            },
+            "JudgeTarget": {
+                "Type": "ExpressionEval",
+                "Parameters": {"same.=": judge_expression()},
+                "ResultPath": "$.judge",
+                "Next": "TargetUnchanged",
+            },
+            "TargetUnchanged": {
+                "Type": "Choice",
+                "Choices": [
+                    {"Variable": "$.judge.same", "BooleanEquals": True, "Next": "MarkForDelete"}
+                ],
+                "Default": "WasStatted",
+            },
+            "WasStatted": {
+                "Type": "Choice",
+                "Choices": [
+                    {
+                        "Variable": "$.stat.status",
+                        "StringEquals": "SUCCEEDED",
+                        "Next": "MarkChanged",
+                    }
+                ],
+                "Default": "MarkGone",
+            },
+            "MarkForDelete": advance("delete"),
+            "MarkChanged": advance("changed"),
+            "MarkGone": advance("gone"),
+            "Summarize": {
+                "Type": "ExpressionEval",
+                "Parameters": {
+                    "deleting.=": "len(check.delete)",
+                    "kept_changed.=": "len(check.changed)",
+                    "kept_gone.=": "len(check.gone)",
+                    "kept_unsafe.=": "len(verification.details.result[0].kept)",
+                },
+                "ResultPath": "$.summary",
+                "Next": "AnythingToDelete",
+            },
+            "AnythingToDelete": {
+                "Type": "Choice",
+                "Choices": [
+                    {
+                        "Variable": "$.summary.deleting",
+                        "NumericGreaterThan": 0,
+                        "Next": "DeleteUnchanged",
+                    }
+                ],
+                "Default": "NothingToDelete",
+            },
+            "DeleteUnchanged": {
+                "Type": "Action",
+                "Comment": "Delete exactly the files that passed both checks; a file already "
+                "gone is not an error (a retry after a partial delete).",
                 "ActionUrl": f"{TRANSFER}/delete",
                 "Parameters": {
                     "endpoint.$": "$.input.target.collection_id",
                     "recursive": False,
-                    "DATA.$": "$.verification.details.result[0].delete",
+                    "ignore_missing": True,
+                    "DATA.=": "[{'path': input.target.root + '/' + input.target.files[i].path}"
+                    " for i in check.delete]",
+                    "deadline.$": "$.input.deadline",
+                    "notify_on_succeeded": False,
                     "label.$": "$._context.run_id",
                 },
                 "ResultPath": "$.delete",
@@ -335,20 +552,27 @@ prune = {
                 "Catch": catch("DeleteFailed"),
                 "End": True,
             },
+            "NothingToDelete": {
+                "Type": "Pass",
+                "Comment": "Every file was kept; the reasons are in the run's output.",
+                "End": True,
+            },
+            "UnknownLocation": fail(
+                "UnknownLocation", "input.location is neither compute_dtn nor cfs."
+            ),
             "VerificationFailed": fail(
                 "VerificationFailed",
-                "At least one file's safe copy is missing, differs in size, is not verified on "
-                "tape, or lies outside the configured root; nothing was deleted. The file is "
-                "named in the error under $.error.",
+                "The verifier refused the batch (roots, paths) or could not run; nothing was "
+                "deleted." + SEE_ERROR,
             ),
-            "NotVerified": fail(
-                "NotVerified",
-                "The verifier did not report every file as verified; nothing was deleted.",
+            "StatUnavailable": fail(
+                "StatUnavailable",
+                "Transfer could not stat a target; nothing was deleted." + SEE_ERROR,
             ),
             "DeleteFailed": fail(
                 "DeleteFailed",
-                "Every safe copy was verified but the delete failed; some files may remain."
-                + SEE_ERROR,
+                "Every file in the delete list was verified but the delete failed; some files "
+                "may remain." + SEE_ERROR,
             ),
         },
     },
@@ -360,11 +584,27 @@ prune = {
                 {
                     "collection_id": UUID,
                     "root": ABS_PATH,
-                    "files": {**FILES, "maxItems": 2000},
+                    "files": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": BATCH_MAX_FILES,
+                        "items": PRUNE_FILE,
+                    },
                 }
             ),
-            "safe": obj({"root": ABS_PATH}),
+            "safe": obj(
+                {
+                    "root": ABS_PATH,
+                    "archives": {
+                        "type": "array",
+                        "maxItems": ARCHIVES_MAX,
+                        "items": {**ABS_PATH, "maxLength": 1024},
+                    },
+                },
+                required=["root"],
+            ),
             "verify": obj({"endpoint_id": UUID, "function_id": UUID}),
+            "deadline": DEADLINE,
         }
     ),
 }

@@ -77,7 +77,8 @@ def doctor(
 
 
 def _definitions(config: Config, add: Any) -> None:
-    from dichroism_control.definitions import load_all, specialise, validate_document
+    from dichroism_control.binding import specialise
+    from dichroism_control.definitions import load_all, validate_document
     from dichroism_control.errors import DefinitionError
 
     try:

@@ -20,7 +20,8 @@ def validate(
     ] = False,
 ) -> None:
     """Check config.yml and flow_definitions/*.json (structure, schemas; --remote: the service)."""
-    from dichroism_control.definitions import load_all, specialise, validate_document
+    from dichroism_control.binding import specialise
+    from dichroism_control.definitions import load_all, validate_document
     from dichroism_control.errors import DefinitionError
 
     state: Context = ctx.obj

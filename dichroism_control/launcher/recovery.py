@@ -82,7 +82,10 @@ class Recovery:
             return {"adopted": 0, "requeued": 0, "unresolved": 0}
         scans = [Scan.from_row(row) for row in rows]
         pending = {
-            run_label(s.beamline, s.rel): (s.submit_started_at or self.clock(), s.beamline)
+            run_label(s.beamline, s.rel, s.version): (
+                s.submit_started_at or self.clock(),
+                s.beamline,
+            )
             for s in scans
         }
         try:
@@ -101,7 +104,7 @@ class Recovery:
         adopted = requeued = 0
         with self.ledger.transaction() as conn:
             for scan in scans:
-                run = found.get(run_label(scan.beamline, scan.rel))
+                run = found.get(run_label(scan.beamline, scan.rel, scan.version))
                 if run is not None:
                     conn.execute(
                         "UPDATE scans SET state = 'submitted', run_id = ?, last_error = NULL,"

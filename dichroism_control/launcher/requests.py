@@ -6,12 +6,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dichroism_control.backend import RunRequest
-from dichroism_control.definitions import input_validator
+from dichroism_control.binding import input_validator
+from dichroism_control.definitions import wait_time
+from dichroism_control.identity import iso_utc, transfer_time
 from dichroism_control.launcher.labels import FLOW_NAME, run_label, run_tags
 
 if TYPE_CHECKING:
     from dichroism_control.config import Config
     from dichroism_control.deploy_state import Deployment
+    from dichroism_control.ledger import Scan
     from dichroism_control.routing import Route
 
 
@@ -22,7 +25,8 @@ class RequestBuilder:
         self.config = config
         self.flow_id = deployment.flow_id(FLOW_NAME)
         self.function_id = deployment.function_id("scicat_ingest")
-        self._validator = input_validator(config, FLOW_NAME)
+        self._validator = input_validator(config, FLOW_NAME, functions=deployment.functions)
+        self._transfer_wait = wait_time(config, FLOW_NAME, "TransferToCFS")
         self._metadata = {
             name: {
                 "instrument_id": b.scicat.instrument_id,
@@ -35,20 +39,29 @@ class RequestBuilder:
             for name, b in config.beamlines.items()
         }
 
-    def request_for(self, scan_route: Route, size: int) -> RunRequest:
+    def request_for(self, scan_route: Route, scan: Scan, *, now: float) -> RunRequest:
+        """The run request of one scan version; `now` fixes the Transfer deadline."""
         beamline = scan_route.beamline
+        if scan.checksum is None or scan.mtime_ns is None:
+            raise ValueError(f"{scan.path}: version {scan.version} has no content identity")
         body = {
             "input": {
                 "beamline": beamline,
                 "source": {
                     "collection_id": scan_route.source_collection,
                     "path": scan_route.source_path,
-                    "size": size,
+                    "size": scan.size,
+                    "mtime": transfer_time(scan.mtime_ns),
+                    "checksum": scan.checksum,
+                    "version": scan.version,
                 },
                 "destination": {
                     "collection_id": scan_route.destination_collection,
                     "path": scan_route.destination_path,
                 },
+                # Transfer gives a task ~24 h unless told (GLOBUS_NOTES); the flow waits
+                # the state's WaitTime for it, so the task may run that long and no longer.
+                "deadline": iso_utc(now + self._transfer_wait),
                 "scicat": {
                     "endpoint_id": self.config.globus.compute_endpoints.scicat,
                     "function_id": self.function_id,
@@ -61,7 +74,7 @@ class RequestBuilder:
         return RunRequest(
             flow_id=self.flow_id,
             body=body,
-            label=run_label(beamline, scan_route.rel),
+            label=run_label(beamline, scan_route.rel, scan.version),
             tags=run_tags(beamline),
             run_monitors=list(roles.run_monitors),
             run_managers=list(roles.run_managers),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -12,16 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 from dichroism_control.errors import (
     BackendError,
+    ConfigError,
     DichroismError,
     PermanentBackendError,
     TransientBackendError,
 )
+from dichroism_control.identity import IdentityError, identify
 from dichroism_control.launcher.labels import run_label
 from dichroism_control.launcher.outcomes import Outcome, Record
 from dichroism_control.launcher.recovery import LOOKUP_MARGIN_SECONDS, Recovery
 from dichroism_control.launcher.requests import RequestBuilder
 from dichroism_control.ledger import Scan
 from dichroism_control.routing import Route, RouteError, route
+from dichroism_control.versions import Seen
+from dichroism_control.versions import record as record_versions
 
 if TYPE_CHECKING:
     from dichroism_control.backend import Backend, RunRequest
@@ -34,6 +37,12 @@ log = logging.getLogger(__name__)
 # These answers come from in front of the service (rate limiter, load balancer with no
 # healthy target): the run was certainly not started, so no lookup is needed before a retry.
 NOT_STARTED_STATUSES = frozenset({429, 503})
+# Two runs writing one CFS path at once would race: a later version of a path waits until
+# the run of the earlier one has ended (the lifecycle then retires the earlier version).
+_NO_OLDER_RUN_IN_FLIGHT = (
+    "NOT EXISTS (SELECT 1 FROM scans AS older WHERE older.path = scans.path"
+    " AND older.version < scans.version AND older.state IN ('submitting', 'submitted'))"
+)
 
 
 @dataclass(frozen=True)
@@ -72,8 +81,8 @@ class Launcher:
             ledger, backend, self.flow_id, clock=clock, lookup_margin=lookup_margin
         )
 
-    def request_for(self, scan_route: Route, size: int) -> RunRequest:
-        return self.requests.request_for(scan_route, size)
+    def request_for(self, scan_route: Route, scan: Scan) -> RunRequest:
+        return self.requests.request_for(scan_route, scan, now=self.clock())
 
     def find_runs(self, pending: dict[str, tuple[float, str]]) -> dict[str, dict[str, Any]]:
         return self.recovery.find_runs(pending)
@@ -88,16 +97,19 @@ class Launcher:
         return route(self.config, path, beamline=beamline)
 
     def detect(self, path: str, *, beamline: str | None = None) -> Scan | None:
-        """Route, stat and record one finished scan; None when the ledger already knows it."""
+        """Route, identify (hash) and record one finished scan, as the watcher does; the new
+        version, or None when the ledger already holds the file as it is now."""
         scan_route = self.route(path, beamline=beamline)
-        info = os.stat(scan_route.local_path)
-        return self.ledger.add_scan(
-            beamline=scan_route.beamline,
-            path=scan_route.local_path,
-            rel=scan_route.rel,
-            size=info.st_size,
-            mtime=info.st_mtime,
-        )
+        try:
+            identity = identify(scan_route.local_path, real_path=scan_route.real_path)
+        except IdentityError as exc:
+            raise ConfigError(str(exc)) from None
+        seen = Seen(scan_route.beamline, scan_route.local_path, scan_route.rel, identity)
+        result = record_versions(self.ledger, [seen], now=self.clock())
+        if not result.new_ids:
+            return None
+        rows = self.ledger.query("SELECT * FROM scans WHERE id = ?", (result.new_ids[0],))
+        return Scan.from_row(rows[0])
 
     # -- the queue -----------------------------------------------------------------------
     def claim(self, *, limit: int, scan_ids: list[int] | None = None) -> list[Claim]:
@@ -108,21 +120,22 @@ class Launcher:
             conn.execute("BEGIN IMMEDIATE")
             if scan_ids is None:
                 rows = conn.execute(
-                    "SELECT * FROM scans WHERE state = 'detected' AND next_attempt_at <= ?"
-                    " ORDER BY next_attempt_at, id LIMIT ?",
+                    f"SELECT * FROM scans WHERE state = 'detected' AND next_attempt_at <= ?"
+                    f" AND {_NO_OLDER_RUN_IN_FLIGHT} ORDER BY next_attempt_at, id LIMIT ?",
                     (now, limit),
                 ).fetchall()
             else:
                 marks = ",".join("?" * len(scan_ids))
                 rows = conn.execute(
-                    f"SELECT * FROM scans WHERE state = 'detected' AND id IN ({marks})",
+                    f"SELECT * FROM scans WHERE state = 'detected' AND id IN ({marks})"
+                    f" AND {_NO_OLDER_RUN_IN_FLIGHT}",
                     tuple(scan_ids),
                 ).fetchall()
             claims = []
             updates = []
             for row in rows:
                 scan = Scan.from_row(row)
-                label = run_label(scan.beamline, scan.rel)
+                label = run_label(scan.beamline, scan.rel, scan.version)
                 uncertain = scan.submit_started_at is not None
                 since = scan.submit_started_at if scan.submit_started_at is not None else now
                 claims.append(Claim(scan, label, uncertain, since))
@@ -138,6 +151,7 @@ class Launcher:
         """When the earliest queued scan becomes due (None: nothing queued)."""
         rows = self.ledger.query(
             "SELECT MIN(next_attempt_at) AS due FROM scans WHERE state = 'detected'"
+            f" AND {_NO_OLDER_RUN_IN_FLIGHT}"
         )
         due = rows[0]["due"] if rows else None
         return float(due) if due is not None else None
@@ -170,7 +184,7 @@ class Launcher:
                 scan_route = self.route(scan.path, beamline=scan.beamline)
             except RouteError as exc:
                 return self._failed(claim, str(exc), write=write)
-            request = self.requests.request_for(scan_route, scan.size)
+            request = self.requests.request_for(scan_route, scan, now=self.clock())
             errors = self.requests.input_errors(request)
             if errors:
                 return self._failed(

@@ -20,13 +20,18 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from dichroism_control.backend import Backend, RunRequest
+from dichroism_control.binding import input_validator
 from dichroism_control.config import Beamline, Config
-from dichroism_control.definitions import input_validator
 from dichroism_control.deploy_state import Deployment
 from dichroism_control.ledger import Ledger
 
-ARCHIVE_MAX_FILES = 1000  # archive input_schema: files.maxItems
-PRUNE_MAX_FILES = 2000  # prune input_schema: target.files.maxItems
+# The schemas' limits (tools/gen_definitions.py: BATCH_MAX_FILES, ARCHIVES_MAX), which keep
+# every run's state under the Flows 200 KB cap; tests/test_definitions.py checks they agree.
+ARCHIVE_MAX_FILES = 200  # archive input_schema: files.maxItems
+PRUNE_MAX_FILES = 200  # prune input_schema: target.files.maxItems
+PRUNE_MAX_ARCHIVES = 50  # prune input_schema: safe.archives.maxItems
+# A version a prune left in place this many times stops being re-queued: a person looks.
+MAX_KEPT = 3
 # Local clock vs the Flows service's start_time: how far back past "the oldest thing we
 # wait for" the run listing keeps reading before it concludes a run does not exist.
 CLOCK_SKEW_SECONDS = 900.0
@@ -109,16 +114,44 @@ def proposal_directory(settings: Beamline, rel: str) -> tuple[str, str]:
     return "", settings.scicat.default_proposal or UNSORTED_PROPOSAL
 
 
-def archive_name(beamline: str, proposal: str, rels: list[str], newest: float) -> str:
-    """`{proposal}_{YYYY-MM-DD}_{hash}`: the same members always give the same name."""
+def archive_name(beamline: str, proposal: str, members: list[str], newest: float) -> str:
+    """`{proposal}_{YYYY-MM-DD}_{hash}`: the same members always give the same name.
+
+    `members` identify versions (path, version and checksum), so a later version of a file
+    goes into an archive of another name and never matches the older one's members."""
     safe = _NAME_UNSAFE.sub("_", proposal)[:60] or UNSORTED_PROPOSAL
-    digest = hashlib.sha256("\n".join([beamline, *sorted(rels)]).encode()).hexdigest()[:10]
+    digest = hashlib.sha256("\n".join([beamline, *sorted(members)]).encode()).hexdigest()[:10]
     return f"{safe}_{utc_day(newest)}_{digest}"
 
 
 def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def run_output(backend: Backend, run: dict[str, Any]) -> dict[str, Any]:
+    """A final run's output (its last state). A listing may carry only a summary of each
+    run; then the run document is read in full."""
+    details = run.get("details")
+    output = details.get("output") if isinstance(details, dict) else None
+    if not isinstance(output, dict):
+        details = backend.get_run(str(run["run_id"])).get("details")
+        output = details.get("output") if isinstance(details, dict) else None
+    return output if isinstance(output, dict) else {}
+
+
+def compute_result(output: dict[str, Any], key: str) -> dict[str, Any]:
+    """The first task result of the Compute action stored at `$.{key}` (the Compute action
+    provider puts it in details.result[0]; globus-compute docs/actionprovider.rst)."""
+    action = output.get(key)
+    details = action.get("details") if isinstance(action, dict) else None
+    results = details.get("result") if isinstance(details, dict) else None
+    first = results[0] if isinstance(results, list) and results else None
+    return first if isinstance(first, dict) else {}
+
+
+def version_member(rel: str, version: int, checksum: str | None) -> str:
+    return f"{rel}\0{version}\0{checksum or ''}"
 
 
 def timer_id_of(timer: dict[str, Any]) -> str | None:
@@ -153,7 +186,9 @@ class Step:
         """The first schema error of a run body against the deployed (specialised) schema."""
         validator = self._validators.get(flow)
         if validator is None:
-            validator = self._validators[flow] = input_validator(self.config, flow)
+            validator = self._validators[flow] = input_validator(
+                self.config, flow, functions=self.deployment.functions
+            )
         errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
         if not errors:
             return None

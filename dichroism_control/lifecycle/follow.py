@@ -22,12 +22,13 @@ from dichroism_control.lifecycle.base import CLOCK_SKEW_SECONDS
 
 log = logging.getLogger(__name__)
 
-MatchBy = Literal["run_id", "label"]
+MatchBy = Literal["run_id", "label", "tag"]
 
 
 @dataclass(frozen=True)
 class Awaited:
-    """One run a step waits for: by its id, or by its label among one flow's runs."""
+    """One run a step waits for: by its id, or by its label or one of its tags among one
+    flow's runs (a run Timers starts carries our tags but no label of ours)."""
 
     by: MatchBy
     key: str
@@ -75,14 +76,18 @@ class RunFollower:
                 run_id = str(run.get("run_id") or "")
                 match = wanted.get(("run_id", run_id))
                 if match is None:
-                    label_match = wanted.get(("label", str(run.get("label") or "")))
                     kind = flow_of.get(str(run.get("flow_id") or ""), "")
-                    if (
-                        label_match is not None
-                        and label_match.flow == kind
-                        and run_id not in label_match.exclude
-                    ):
-                        match = label_match
+                    keys: list[tuple[MatchBy, str]] = [("label", str(run.get("label") or ""))]
+                    keys += [("tag", str(tag)) for tag in run.get("tags") or []]
+                    for key in keys:
+                        candidate = wanted.get(key)
+                        if (
+                            candidate is not None
+                            and candidate.flow == kind
+                            and run_id not in candidate.exclude
+                        ):
+                            match = candidate
+                            break
                 if match is not None and (match.by, match.key) not in listing.found:
                     listing.found[(match.by, match.key)] = run
                     if len(listing.found) == len(wanted):

@@ -23,8 +23,10 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dichroism_control.backend import FINAL_STATUSES
+from dichroism_control.binding import LOCATION_VERIFIER
+from dichroism_control.definitions import wait_time
 from dichroism_control.errors import BackendError
+from dichroism_control.identity import iso_utc, transfer_time
 from dichroism_control.lifecycle.base import (
     CLOCK_SKEW_SECONDS,
     LOCATIONS,
@@ -32,14 +34,17 @@ from dichroism_control.lifecycle.base import (
     Conflict,
     Location,
     Step,
-    chunks,
-    failure_reason,
     shorten,
     timer_id_of,
     utc,
     utc_day,
 )
+from dichroism_control.lifecycle.batches import batch_chunks, batch_members, batch_tag
 from dichroism_control.lifecycle.follow import Awaited, Listing
+from dichroism_control.lifecycle.prune_runs import PruneRuns
+
+# The per-file stat loop of a prune run (a Transfer stat each, seconds apiece) is given a day.
+STAT_LOOP_ALLOWANCE_SECONDS = 86400.0
 
 log = logging.getLogger(__name__)
 
@@ -47,81 +52,37 @@ log = logging.getLogger(__name__)
 class PruneBatches(Step):
     """Forms prune batches, schedules their timers and follows the runs the timers start."""
 
-    _labels: list[str]  # labels of the batches awaited, as of the last `awaited()`
+    _batches: list[str]  # the batches awaited, as of the last `awaited()`
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.runs = PruneRuns(*args, **kwargs)
+        self._allowance: float | None = None
 
     def awaited(self) -> list[Awaited]:
         # A prune run cannot exist before its timer fires: only batches due by now are looked
         # for, so a timer 180 days out does not make every pass read the whole history.
         rows = self.ledger.query(
-            "SELECT batch, label, run_at, created_at FROM prune_timers"
+            "SELECT batch, run_at, created_at FROM prune_timers"
             " WHERE state IN ('scheduling', 'scheduled') AND run_at <= ?",
             (self.clock() + CLOCK_SKEW_SECONDS,),
         )
-        self._labels = [str(r["label"]) for r in rows]
+        self._batches = [str(r["batch"]) for r in rows]
         return [
             Awaited(
-                "label", str(r["label"]), "prune", min(float(r["run_at"]), float(r["created_at"]))
+                "tag",
+                batch_tag(str(r["batch"])),
+                "prune",
+                min(float(r["run_at"]), float(r["created_at"])),
             )
             for r in rows
         ]
 
     def follow(self, listing: Listing, summary: Counter[str]) -> None:
-        for label in self._labels:
-            run = listing.get("label", label)
+        for batch in self._batches:
+            run = listing.get("tag", batch_tag(batch))
             if run is not None:
-                self._follow_one(label, run, summary)
-
-    def _follow_one(self, label: str, run: dict[str, Any], summary: Counter[str]) -> None:
-        now = self.clock()
-        rows = self.ledger.query(
-            "SELECT * FROM prune_timers WHERE label = ? AND state IN ('scheduling', 'scheduled')",
-            (label,),
-        )
-        if not rows:
-            return
-        row = rows[0]
-        status = run.get("status")
-        with self.ledger.transaction() as conn:
-            if status not in FINAL_STATUSES:
-                # The timer fired: the batch is scheduled whatever the ledger said before.
-                conn.execute(
-                    "UPDATE prune_timers SET state = 'scheduled', run_id = ?, updated_at = ?"
-                    " WHERE batch = ?",
-                    (run["run_id"], now, row["batch"]),
-                )
-                return
-            if status == "SUCCEEDED":
-                location = LOCATIONS[row["location"]]
-                conn.execute(
-                    "UPDATE prune_timers SET state = 'succeeded', run_id = ?, last_error = NULL,"
-                    " updated_at = ? WHERE batch = ?",
-                    (run["run_id"], now, row["batch"]),
-                )
-                cursor = conn.execute(
-                    f"UPDATE scans SET {location.pruned} = ?, updated_at = ?"
-                    f" WHERE {location.batch} = ? AND {location.pruned} IS NULL",
-                    (now, now, row["batch"]),
-                )
-                conn.execute(
-                    "UPDATE scans SET state = 'pruned', updated_at = ? WHERE"
-                    " dtn_pruned_at IS NOT NULL AND cfs_pruned_at IS NOT NULL"
-                    " AND state = 'archived' AND (dtn_prune_batch = ? OR cfs_prune_batch = ?)",
-                    (now, row["batch"], row["batch"]),
-                )
-                summary[f"pruned_{location.name}"] += cursor.rowcount
-                summary["prune_succeeded"] += 1
-                return
-            # Nothing unverified was deleted (the flow fails before deleting); the scans keep
-            # their state and the batch shows as failed until an operator acts.
-            reason = failure_reason(run)
-            self.record_failure(conn, run, "prune", f"batch:{row['batch']}", reason)
-            conn.execute(
-                "UPDATE prune_timers SET state = 'failed', run_id = ?, last_error = ?,"
-                " updated_at = ? WHERE batch = ?",
-                (run["run_id"], reason, now, row["batch"]),
-            )
-        summary["prune_failed"] += 1
-        log.error("prune batch %s failed: %s", row["batch"], reason)
+                self.runs.follow(batch, run, summary)
 
     def _retention(self, beamline: str, location: str) -> tuple[timedelta, bool]:
         """(retention, quiet_mode) for one (beamline, location)."""
@@ -149,7 +110,7 @@ class PruneBatches(Step):
         pending: list[str] = []
         for row in rows:
             timer = timers.get(row["label"])
-            fired = listing.get("label", row["label"])
+            fired = listing.get("tag", batch_tag(row["batch"]))
             if timer is None and fired is None:
                 pending.append(row["batch"])
                 continue
@@ -169,10 +130,16 @@ class PruneBatches(Step):
         created: list[str] = []
         quiet = self.settings.prune_batch_quiet_seconds
         for location in LOCATIONS.values():
+            # Only a version whose content is known and still current is pruned; a CFS
+            # prune also needs the tape location the archive run recorded.
+            tape = " AND tape_path IS NOT NULL" if location.name == "cfs" else ""
             rows = self.ledger.query(
-                f"SELECT id, beamline, rel, size, {location.confirmed} AS confirmed FROM scans"
+                f"SELECT id, beamline, rel, version, tape_path, tape_member,"
+                f" {location.confirmed} AS confirmed FROM scans"
                 f" WHERE {location.confirmed} IS NOT NULL AND {location.batch} IS NULL"
-                f" AND {location.pruned} IS NULL ORDER BY rel"
+                f" AND {location.pruned} IS NULL AND checksum IS NOT NULL"
+                f" AND superseded_at IS NULL AND state NOT IN ('failed', 'superseded'){tape}"
+                f" ORDER BY rel, version"
             )
             by_beamline: dict[str, list[sqlite3.Row]] = {}
             for row in rows:
@@ -226,7 +193,7 @@ class PruneBatches(Step):
             )
         }
         number = 0
-        for chunk in chunks(members, PRUNE_MAX_FILES):
+        for chunk in batch_chunks(members, cfs=location.name == "cfs"):
             # Keys are never reused (a cancelled batch keeps its key), so a prune run's label
             # always names exactly one batch.
             while True:
@@ -263,40 +230,67 @@ class PruneBatches(Step):
             summary["prune_batches_formed"] += 1
         return created
 
-    def _prune_body(self, row: sqlite3.Row, files: list[dict[str, Any]]) -> dict[str, Any]:
+    def _prune_body(self, row: sqlite3.Row, members: list[sqlite3.Row]) -> dict[str, Any]:
+        """The prune input: each member as the version recorded, and where it is safe."""
         from dichroism_control.routing import cfs_root_path, hpss_directory, source_root_path
 
         beamline = row["beamline"]
         settings = self.config.beamline(beamline)
-        nersc = self.config.globus.compute_endpoints.nersc
-        if row["location"] == "compute_dtn":
-            target = {
-                "collection_id": self.config.endpoint(settings.source).uuid,
-                "root": source_root_path(self.config, beamline),
-                "files": files,
+        cfs = row["location"] == "cfs"
+        archives = sorted({m["tape_path"] for m in members if cfs and m["tape_member"]})
+        index = {path: i for i, path in enumerate(archives)}
+        files = []
+        for m in members:
+            item: dict[str, Any] = {
+                "path": m["rel"],
+                "size": int(m["size"]),
+                "mtime": transfer_time(int(m["mtime_ns"])),
+                "checksum": m["checksum"],
+                "version": int(m["version"]),
             }
-            safe_root = cfs_root_path(self.config, beamline)
-            verifier = "cfs_verify"
-        else:
+            if cfs:
+                item["archive"] = index[m["tape_path"]] if m["tape_member"] else -1
+            files.append(item)
+        if cfs:
             target = {
                 "collection_id": self.config.endpoint(settings.destination).uuid,
                 "root": cfs_root_path(self.config, beamline),
                 "files": files,
             }
-            safe_root = hpss_directory(self.config, beamline)
-            verifier = "hpss_verify"
+            safe: dict[str, Any] = {"root": hpss_directory(self.config, beamline)}
+            safe["archives"] = archives
+        else:
+            target = {
+                "collection_id": self.config.endpoint(settings.source).uuid,
+                "root": source_root_path(self.config, beamline),
+                "files": files,
+            }
+            safe = {"root": cfs_root_path(self.config, beamline)}
+        verifier = LOCATION_VERIFIER[row["location"]]
         return {
             "input": {
                 "beamline": beamline,
                 "location": row["location"],
                 "target": target,
-                "safe": {"root": safe_root},
+                "safe": safe,
                 "verify": {
-                    "endpoint_id": nersc,
+                    "endpoint_id": self.config.globus.compute_endpoints.nersc,
                     "function_id": self.deployment.function_id(verifier),
                 },
+                "deadline": iso_utc(float(row["run_at"]) + self._delete_allowance()),
             }
         }
+
+    def _delete_allowance(self) -> float:
+        """How long after the timer fires the delete task may still start and run: the
+        verifier's and the delete's WaitTime plus a day for the per-file stat loop (Transfer
+        gives a task ~24 h unless told; GLOBUS_NOTES). A run held up longer (an INACTIVE run
+        waiting for consent) fails its delete and deletes nothing."""
+        if self._allowance is None:
+            states = ("VerifyCFSCopies", "DeleteUnchanged")
+            waits = [wait_time(self.config, "prune", state) for state in states]
+            self._allowance = sum(waits) + STAT_LOOP_ALLOWANCE_SECONDS
+        return self._allowance
 
     def schedule(
         self,
@@ -321,16 +315,9 @@ class PruneBatches(Step):
         self, flow_id: str, row: sqlite3.Row, summary: Counter[str], errors: list[str]
     ) -> bool:
         """Create one batch's timer; False when the backend is in trouble (stop this pass)."""
-        location = LOCATIONS[row["location"]]
-        files = [
-            {"path": m["rel"], "size": int(m["size"])}
-            for m in self.ledger.query(
-                f"SELECT rel, size FROM scans WHERE {location.batch} = ? ORDER BY rel",
-                (row["batch"],),
-            )
-        ]
+        members = batch_members(self.ledger, row)
         now = self.clock()
-        if not files:
+        if not members:
             with self.ledger.transaction() as conn:
                 conn.execute(
                     "UPDATE prune_timers SET state = 'cancelled', last_error = 'no member scans',"
@@ -338,7 +325,7 @@ class PruneBatches(Step):
                     (now, row["batch"]),
                 )
             return True
-        body = self._prune_body(row, files)
+        body = self._prune_body(row, members)
         invalid = self.validate("prune", body)
         if invalid:
             # Shown by `timers list` and in the failures; the scans keep their copies.
@@ -350,9 +337,10 @@ class PruneBatches(Step):
                 )
             summary["prune_failed"] += 1
             return True
-        request = self.run_request(
-            flow_id, body, row["label"], ["dichroism", row["beamline"], "prune", row["location"]]
-        )
+        # Timers starts the run with only body, tags and roles (its FlowStartDocument): the
+        # batch is found again by its tag, never by a label.
+        tags = ["dichroism", row["beamline"], "prune", row["location"], batch_tag(row["batch"])]
+        request = self.run_request(flow_id, body, row["label"], tags)
         try:
             timer = self.backend.create_flow_timer(
                 name=row["label"], run_at=utc(float(row["run_at"])), request=request

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +75,10 @@ def test_exact_run_request_on_the_wire(
     meta = load_response("flows.run_flow").metadata
     assert meta["flow_id"] == FLOW_ID
     path = write_file(Path(cfg.beamlines["bl631"].watch.root) / "P9" / "scan 1.h5", b"abc")
+    os.utime(path, ns=(1_790_000_000_123_456_789, 1_790_000_000_123_456_789))
     launcher = make_launcher(backend)
     launcher.detect(str(path))
+    before = time.time()
     [outcome] = launcher.drain()
     assert outcome.state == "submitted"
     sent = json.loads(get_last_request().body)
@@ -85,7 +90,14 @@ def test_exact_run_request_on_the_wire(
         "collection_id": cfg.globus.endpoints["bl631-compute-dtn"].uuid,
         "path": str(path),
         "size": 3,
+        # md5(b"abc") (RFC 1321 test suite); the mtime as Transfer prints `last_modified`.
+        "checksum": "900150983cd24fb0d6963f7d28e17f72",
+        "mtime": "2026-09-21 14:13:20+00:00",
+        "version": 1,
     }
+    # The Transfer task may run as long as the flow waits for it (TransferToCFS WaitTime).
+    deadline = datetime.fromisoformat(sent["body"]["input"]["deadline"]).timestamp()
+    assert before + 172800 - 2 <= deadline <= time.time() + 172800
     assert sent["body"]["input"]["scicat"]["proposal"] == "P9"
     scan = ledger.get_scan(str(path))
     assert scan is not None and scan.run_id == outcome.run_id

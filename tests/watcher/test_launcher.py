@@ -25,10 +25,15 @@ def root(cfg: Config, beamline: str = "bl402") -> Path:
 
 
 def test_body_label_tags_roles(
-    cfg: Config, ledger: Ledger, fake: FakeBackend, make_launcher: Callable[..., Launcher]
+    cfg: Config,
+    ledger: Ledger,
+    fake: FakeBackend,
+    clock: Clock,
+    make_launcher: Callable[..., Launcher],
 ) -> None:
     path = write_file(root(cfg) / "P123" / "scan_001.h5", b"x" * 42)
-    launcher = make_launcher(fake)
+    os.utime(path, ns=(1_790_000_000_500_000_000, 1_790_000_000_500_000_000))
+    launcher = make_launcher(fake, clock=clock)
     assert launcher.detect(str(path)) is not None
     [outcome] = launcher.drain()
     assert outcome.state == "submitted"
@@ -38,11 +43,20 @@ def test_body_label_tags_roles(
     assert request.body == {
         "input": {
             "beamline": "bl402",
-            "source": {"collection_id": IDS["bl402_dtn"], "path": str(path), "size": 42},
+            "source": {
+                "collection_id": IDS["bl402_dtn"],
+                "path": str(path),
+                "size": 42,
+                "mtime": "2026-09-21 14:13:20+00:00",
+                "checksum": "6ce59ad23cb43af476f04875925e42a6",
+                "version": 1,
+            },
             "destination": {
                 "collection_id": IDS["bl402_cfs"],
                 "path": f"{cfs_root}/P123/scan_001.h5",
             },
+            # The clock's now (1 800 000 000) + the TransferToCFS WaitTime (172 800 s).
+            "deadline": "2027-01-17T08:00:00+00:00",
             "scicat": {
                 "endpoint_id": IDS["scicat"],
                 "function_id": FUNCTION_ID,
@@ -129,7 +143,7 @@ def test_crash_after_run_started_adopts_instead_of_resubmitting(
     # The process "dies" after run_flow reached the service for the first two scans.
     for claim in claims[:2]:
         route = launcher.route(claim.scan.path)
-        fake.run_flow(launcher.request_for(route, claim.scan.size))
+        fake.run_flow(launcher.request_for(route, claim.scan))
     restarted = make_launcher(fake)
     assert restarted.recover() == {"adopted": 2, "requeued": 1, "unresolved": 0}
     restarted.drain()
