@@ -17,7 +17,7 @@ from dichroism_control.local.engine import (
     FunctionProvider,
 )
 from dichroism_control.local.engine.choice import COMPARISON_OPERATORS
-from dichroism_control.local.hello_world import HELLO_WORLD_URL, HelloWorldProvider
+from dichroism_control.local.providers import HELLO_WORLD_URL, HelloWorldProvider
 
 from .conftest import URL, FakeClock, ScriptedProvider
 
