@@ -706,8 +706,12 @@ def run_document(
 
     from dichroism_control.errors import ConfigError, DefinitionError
     from dichroism_control.local.engine import ActionContext, ActionProvider, ActionUnableToRun
-    from dichroism_control.local.hello_world import HELLO_WORLD_URL, HelloWorldProvider
-    from dichroism_control.local.providers import COMPUTE_URL, TRANSFER_URLS
+    from dichroism_control.local.providers import (
+        COMPUTE_URL,
+        HELLO_WORLD_URL,
+        TRANSFER_URLS,
+        HelloWorldProvider,
+    )
 
     providers: dict[str, ActionProvider]
     store: LocalStore | None = None

@@ -224,11 +224,11 @@ def test_copy_file_across_chunks_and_threads(
     import hashlib
     import zlib
 
-    from dichroism_control.local import providers
+    from dichroism_control.local.providers import verified_copy
 
     # tiny chunks/blocks: many chunks shared between the threads, sums combined
-    monkeypatch.setattr(providers, "COPY_CHUNK", 4096)
-    monkeypatch.setattr(providers, "COPY_BLOCK", 1000)
+    monkeypatch.setattr(verified_copy, "COPY_CHUNK", 4096)
+    monkeypatch.setattr(verified_copy, "COPY_BLOCK", 1000)
     data = bytes((i * 7 + i // 251) & 0xFF for i in range(size))
     src = tmp_path / "src.bin"
     src.write_bytes(data)
@@ -247,7 +247,7 @@ def test_checksum_combine_matches_zlib() -> None:
     import random
     import zlib
 
-    from dichroism_control.local.providers import _adler32_combine, _crc32_combine
+    from dichroism_control.local.providers.checksums import _adler32_combine, _crc32_combine
 
     rng = random.Random(6)
     for _ in range(50):
@@ -265,10 +265,10 @@ def test_copy_file_corrupted_copy_fails_verification(
     caught by reading the copy back; the destination is left untouched."""
     import os
 
-    from dichroism_control.local import providers
+    from dichroism_control.local.providers import verified_copy
 
-    monkeypatch.setattr(providers, "COPY_CHUNK", 8192)
-    monkeypatch.setattr(providers, "COPY_BLOCK", 4096)
+    monkeypatch.setattr(verified_copy, "COPY_CHUNK", 8192)
+    monkeypatch.setattr(verified_copy, "COPY_BLOCK", 4096)
     real_pwrite = os.pwrite
 
     def corrupting_pwrite(fd: int, data: Any, offset: int) -> int:
@@ -283,7 +283,7 @@ def test_copy_file_corrupted_copy_fails_verification(
     dst = tmp_path / "out" / "dst.bin"
     dst.parent.mkdir()
     dst.write_bytes(b"old contents")
-    with pytest.raises(providers.ChecksumMismatch, match="checksum mismatch"):
+    with pytest.raises(verified_copy.ChecksumMismatch, match="checksum mismatch"):
         copy_file(src, dst, algorithm=algorithm)
     assert dst.read_bytes() == b"old contents"  # not replaced
     assert [p.name for p in dst.parent.iterdir()] == ["dst.bin"]  # temp removed

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from dichroism_control.local.engine import (
-    COMPARISON_OPERATORS,
     ActionContext,
     ActionStatus,
     Engine,
     FlowDefinitionError,
     FunctionProvider,
 )
-from dichroism_control.local.hello_world import HELLO_WORLD_URL, HelloWorldProvider
+from dichroism_control.local.engine.choice import COMPARISON_OPERATORS
+from dichroism_control.local.providers import HELLO_WORLD_URL, HelloWorldProvider
 
 from .conftest import URL, FakeClock, ScriptedProvider
 

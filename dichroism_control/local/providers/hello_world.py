@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dichroism_control.local.engine import (
+from dichroism_control.local.engine.actions import (
     ACTIVE,
     SUCCEEDED,
     ActionContext,
@@ -23,8 +23,6 @@ from dichroism_control.local.engine import (
     ActionStatus,
     ActionUnableToRun,
 )
-
-__all__ = ["HELLO_WORLD_URL", "HelloWorldProvider"]
 
 HELLO_WORLD_URL = "https://actions.globus.org/hello_world"
 
