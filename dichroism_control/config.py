@@ -7,11 +7,11 @@ operator can fix the file without reading a traceback. Nothing here talks to the
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from dichroism_control.config_yaml import expand_env, read_yaml
 from dichroism_control.errors import ConfigError
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -36,7 +37,8 @@ FUNCTION_NAMES = (
 )
 _PRINCIPAL_RE = re.compile(r"^urn:globus:(auth:identity|groups:id):[0-9a-fA-F-]{36}$")
 _SPECIAL_PRINCIPALS = {"public", "all_authenticated_users"}
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# What the flow schemas accept as a beamline name (flow_definitions/*.json, BEAMLINE).
+BEAMLINE_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
 
 Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 
@@ -50,8 +52,21 @@ def _abs_posix(value: str) -> str:
     return str(path)
 
 
+_NUMBERS: tuple[Any, ...] = (int, float, int | None, float | None)
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        # pydantic reads `true` as 1 for an int or float field; in a config that is a typo.
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and field.annotation in _NUMBERS:
+                    raise ValueError(f"{name}: must be a number, not {str(data[name]).lower()}")
+        return data
 
 
 class Endpoint(Strict):
@@ -243,6 +258,12 @@ class Config(Strict):
                         f"beamlines.{name}.{role}: unknown endpoint {ref!r} "
                         f"(known: {', '.join(sorted(endpoints)) or 'none'})"
                     )
+        for name in self.beamlines:
+            if not BEAMLINE_NAME.match(name):
+                raise ValueError(
+                    f"beamlines.{name}: a beamline name is 1-32 of a-z 0-9 _ - (the flows'"
+                    " input schemas accept nothing else)"
+                )
         roots = [(b.watch.root, n) for n, b in self.beamlines.items()]
         for root, name in roots:
             for other_root, other in roots:
@@ -250,7 +271,72 @@ class Config(Strict):
                     raise ValueError(
                         f"beamlines.{name}.watch.root: lies inside beamlines.{other}.watch.root"
                     )
+        problem = self._layout_problem()
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def _layout_problem(self) -> str | None:
+        """A destination that overlaps what it copies or another beamline's destination.
+
+        Paths are compared in each collection's own namespace when two roots are in the same
+        collection, and as local directories (`local_path` + collection path: the local
+        backend, and any collection mounted where the watcher runs) in every case."""
+        places: list[tuple[str, str, str, str, str]] = []  # (key, kind, uuid, path, local)
+        for name, b in self.beamlines.items():
+            src, dst = self.globus.endpoints[b.source], self.globus.endpoints[b.destination]
+            source_root = posixpath.join(src.root_path, b.effective_source_root.lstrip("/"))
+            places.append((f"beamlines.{name}.watch.root", "watch", "", "", b.watch.root))
+            places.append(
+                (
+                    f"beamlines.{name}.source",
+                    "source",
+                    src.uuid,
+                    source_root,
+                    _local(src, source_root),
+                )
+            )
+            places.append(
+                (
+                    f"beamlines.{name}.destination",
+                    "destination",
+                    dst.uuid,
+                    dst.root_path,
+                    _local(dst, dst.root_path),
+                )
+            )
+        for key, kind, uuid, path, local in places:
+            if kind != "destination":
+                continue
+            for other_key, other_kind, other_uuid, other_path, other_local in places:
+                if other_key == key:
+                    continue
+                same = (uuid == other_uuid and _overlap(path, other_path)) or _overlap(
+                    local, other_local
+                )
+                if not same:
+                    continue
+                what = {
+                    "watch": "the watched directory: the copy would land on what it copies",
+                    "source": "the source root: the copy would land on what it copies",
+                    "destination": "another beamline's destination: one overwrites the other",
+                }[other_kind]
+                return f"{key}: its root {path} overlaps {other_key} ({what})"
+        return None
+
+    def check_watch_roots(self, names: list[str] | None = None) -> None:
+        """Each watched root exists and is a directory. `watch` never creates one: an NFS
+        share that is not mounted must stop the watcher, not be replaced by an empty
+        directory on the local disk."""
+        for name in names or sorted(self.beamlines):
+            root = self.beamline(name).watch.root
+            if not os.path.lexists(root):
+                raise ConfigError(
+                    f"beamlines.{name}.watch.root: {root} does not exist (not mounted?);"
+                    " create or mount it first, `dichroism watch` never creates it"
+                )
+            if not os.path.isdir(root):
+                raise ConfigError(f"beamlines.{name}.watch.root: {root} is not a directory")
 
     # -- derived paths -------------------------------------------------------------------
     def resolve(self, path: str) -> Path:
@@ -305,29 +391,21 @@ class Config(Strict):
             )
 
 
+def _overlap(a: str, b: str) -> bool:
+    """One path equal to, inside, or containing the other (lexically, normalised)."""
+    if not a or not b:
+        return False
+    a, b = posixpath.normpath(a), posixpath.normpath(b)
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+def _local(endpoint: Endpoint, path: str) -> str:
+    return posixpath.normpath(posixpath.join(endpoint.local_path, path.lstrip("/")))
+
+
 # -- loading -----------------------------------------------------------------------------
 def default_config_path() -> Path:
     return Path(os.environ.get("DICHROISM_CONFIG", "config.yml"))
-
-
-def _expand_env(node: Any, where: str) -> Any:
-    if isinstance(node, dict):
-        return {k: _expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_expand_env(v, f"{where}.{i}") for i, v in enumerate(node)]
-    if isinstance(node, str):
-
-        def substitute(match: re.Match[str]) -> str:
-            name, default = match.group(1), match.group(2)
-            value = os.environ.get(name)
-            if value is None:
-                if default is None:
-                    raise ConfigError(f"{where}: environment variable {name} is not set")
-                return default
-            return value
-
-        return _ENV_RE.sub(substitute, node)
-    return node
 
 
 _MESSAGES: dict[str, str] = {
@@ -354,6 +432,10 @@ def format_validation_error(error: ValidationError) -> str:
         # Model-level validators already put the key path in their message.
         if message.startswith(("beamlines.", "endpoints.", "globus.")):
             return message if not loc or message.startswith(loc) else f"{loc}.{message}"
+        # A model validator naming one of its own fields: `field: message`.
+        field = re.match(r"^([a-z_]+): ", message)
+        if field:
+            return f"{loc}.{message}" if loc else message
     more = len(error.errors()) - 1
     suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{loc}: {message}{suffix}" if loc else f"{message}{suffix}"
@@ -362,7 +444,7 @@ def format_validation_error(error: ValidationError) -> str:
 def parse_config(data: Any, *, base_dir: Path) -> Config:
     if not isinstance(data, dict):
         raise ConfigError("config: the top level must be a mapping")
-    expanded = _expand_env(data, "")
+    expanded = expand_env(data)
     try:
         return Config.model_validate({**expanded, "base_dir": str(base_dir)})
     except ValidationError as exc:
@@ -371,16 +453,5 @@ def parse_config(data: Any, *, base_dir: Path) -> Config:
 
 def load_config(path: Path | str | None = None) -> Config:
     config_path = Path(path) if path is not None else default_config_path()
-    try:
-        text = config_path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{config_path}: config file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{config_path}: cannot read ({exc.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{config_path}:{where} not valid YAML") from None
+    data = read_yaml(config_path)
     return parse_config(data, base_dir=config_path.resolve().parent)

@@ -277,8 +277,8 @@ class Watcher:
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         """Watch, catch up, settle."""
+        self.config.check_watch_roots(list(self.beamlines))
         for name, beamline in self.beamlines.items():
-            os.makedirs(beamline.watch.root, exist_ok=True)
             self._observers.append(self._observe(name, beamline))
         # Observers first: a file finished during the catch-up walk is seen either way.
         for name in self.beamlines:

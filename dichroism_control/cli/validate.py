@@ -22,7 +22,7 @@ def validate(
     """Check config.yml and flow_definitions/*.json (structure, schemas; --remote: the service)."""
     from dichroism_control.binding import specialise
     from dichroism_control.definitions import load_all, validate_document
-    from dichroism_control.errors import DefinitionError
+    from dichroism_control.errors import ConfigError, DefinitionError
 
     state: Context = ctx.obj
     config = state.config()
@@ -41,14 +41,25 @@ def validate(
             problems.extend(f"{name}: (service) {e}" for e in errors)
     placeholders = config.placeholders()
     report["placeholders"] = placeholders
-    report["valid"] = not problems
+    try:
+        config.check_watch_roots()
+        report["config_errors"] = []
+    except ConfigError as exc:
+        report["config_errors"] = [str(exc)]
+    report["valid"] = not problems and not report["config_errors"]
     state.emit(report, text=_text)
+    if report["config_errors"]:
+        raise ConfigError(report["config_errors"][0])
     if problems:
         raise DefinitionError(f"{len(problems)} problem(s) found")
 
 
 def _text(report: dict[str, Any]) -> str:
-    lines = [f"config: ok ({report['config']})"]
+    if report["config_errors"]:
+        lines = [f"config: INVALID ({report['config']})"]
+        lines.extend(f"  - {e}" for e in report["config_errors"])
+    else:
+        lines = [f"config: ok ({report['config']})"]
     if report["placeholders"]:
         lines.append(
             f"  note: {len(report['placeholders'])} placeholder id(s) "

@@ -51,6 +51,7 @@ def watch(
     config = state.config()
     if beamline is not None:
         config.beamline(beamline)  # one-line error for an unknown name
+    config.check_watch_roots([beamline] if beamline else None)
     lock = submit_lock(config)
     if not lock.acquire():
         raise DichroismError(

@@ -26,9 +26,13 @@ from dichroism_control.lifecycle.base import (
     Step,
     archive_name,
     chunks,
+    compute_result,
     failure_reason,
     proposal_directory,
+    run_output,
     shorten,
+    single_tape_path,
+    version_member,
 )
 from dichroism_control.lifecycle.follow import Awaited, Listing
 
@@ -71,6 +75,7 @@ class ArchiveGroups(Step):
         now = self.clock()
         run_id = run["run_id"]
         if run["status"] == "SUCCEEDED":
+            placed = compute_result(run_output(self.backend, run), "archive")
             with self.ledger.transaction() as conn:
                 cursor = conn.execute(
                     "UPDATE archive_groups SET state = 'succeeded', last_error = NULL,"
@@ -79,13 +84,13 @@ class ArchiveGroups(Step):
                 )
                 if cursor.rowcount == 0:
                     return
-                cursor = conn.execute(
-                    "UPDATE scans SET state = 'archived', archived_at = ?, updated_at = ?"
-                    " WHERE archive_group_id = ? AND state = 'archive_submitted'",
-                    (now, now, group_id),
-                )
+                members = conn.execute(
+                    "SELECT * FROM scans WHERE archive_group_id = ? ORDER BY rel, version",
+                    (group_id,),
+                ).fetchall()
+                archived = self._record_tape(conn, members, placed, now)
             summary["archive_succeeded"] += 1
-            summary["archived"] += cursor.rowcount
+            summary["archived"] += archived
             return
         reason = failure_reason(run)
         with self.ledger.transaction() as conn:
@@ -105,6 +110,63 @@ class ArchiveGroups(Step):
                 return
             self._fail_group(conn, group_id, f"after {failures} attempt(s): {reason}")
         summary["archive_failed"] += 1
+
+    def _record_tape(
+        self,
+        conn: sqlite3.Connection,
+        members: list[sqlite3.Row],
+        placed: dict[str, Any],
+        now: float,
+    ) -> int:
+        """Where hpss_archive put each member (by index: `where[i]` into `archives`, -1 for a
+        single file at its versioned path, None for a file left out because its CFS copy no
+        longer was that version). Returns how many members are now archived."""
+        from dichroism_control.routing import hpss_directory
+
+        archives = [str(a) for a in placed.get("archives") or []]
+        where = placed.get("where")
+        if not isinstance(where, list) or len(where) != len(members):
+            # Not the result this code expects: record nothing as archived.
+            for m in members:
+                self._leave_out(conn, m, "the archive run returned no placement for it", now)
+            return 0
+        archived = 0
+        for member, slot in zip(members, where, strict=True):
+            if isinstance(slot, int) and 0 <= slot < len(archives):
+                tape, name = archives[slot], str(member["rel"])
+            elif slot == -1:
+                directory = hpss_directory(self.config, str(member["beamline"]))
+                tape, name = single_tape_path(directory, member["rel"], member["version"]), None
+            else:
+                self._leave_out(conn, member, "its CFS copy was not this version", now)
+                continue
+            # A version superseded while it was being archived is tape history now.
+            conn.execute(
+                "UPDATE scans SET state = CASE WHEN superseded_at IS NULL THEN 'archived'"
+                " ELSE 'superseded' END, archived_at = ?, tape_path = ?, tape_member = ?,"
+                " updated_at = ? WHERE id = ? AND state = 'archive_submitted'",
+                (now, tape, name, now, member["id"]),
+            )
+            archived += 1
+        return archived
+
+    def _leave_out(
+        self, conn: sqlite3.Connection, member: sqlite3.Row, why: str, now: float
+    ) -> None:
+        if member["superseded_at"] is not None:
+            conn.execute(
+                "UPDATE scans SET state = 'superseded', updated_at = ? WHERE id = ?",
+                (now, member["id"]),
+            )
+            return
+        # Not superseded, yet CFS does not hold it: a person decides (`dichroism retry`
+        # sends it again from the source, if it is still there).
+        conn.execute(
+            "UPDATE scans SET state = 'failed', failed_step = 'archive', last_error = ?,"
+            " updated_at = ? WHERE id = ?",
+            (f"not archived: {why} (MD5 {member['checksum']})", now, member["id"]),
+        )
+        log.error("%s (version %s): not archived: %s", member["path"], member["version"], why)
 
     def _fail_group(self, conn: sqlite3.Connection, group_id: int, reason: str) -> None:
         """The group and its scans fail visibly (`dichroism status` lists failed scans)."""
@@ -151,8 +213,9 @@ class ArchiveGroups(Step):
         candidates: dict[tuple[str, str], list[sqlite3.Row]] = {}
         proposals: dict[tuple[str, str], str] = {}
         for row in self.ledger.query(
-            "SELECT id, beamline, rel, size, transferred_at FROM scans"
-            " WHERE state = 'transferred' AND archive_group_id IS NULL ORDER BY rel"
+            "SELECT id, beamline, rel, version, checksum, transferred_at FROM scans"
+            " WHERE state = 'transferred' AND archive_group_id IS NULL"
+            " AND superseded_at IS NULL AND checksum IS NOT NULL ORDER BY rel, version"
         ):
             settings = self.config.beamlines.get(row["beamline"])
             if settings is None:
@@ -195,7 +258,8 @@ class ArchiveGroups(Step):
     ) -> None:
         now = self.clock()
         newest = max(float(m["transferred_at"] or now) for m in members)
-        name = archive_name(beamline, proposal, [m["rel"] for m in members], newest)
+        versions = [version_member(m["rel"], m["version"], m["checksum"]) for m in members]
+        name = archive_name(beamline, proposal, versions, newest)
         label = shorten(f"{beamline} archive {name}")
         try:
             with self.ledger.transaction() as conn:
@@ -249,7 +313,15 @@ class ArchiveGroups(Step):
                 "beamline": beamline,
                 "proposal": group["proposal"],
                 "cfs_root": cfs_root_path(self.config, beamline),
-                "files": [{"path": m["rel"], "size": int(m["size"])} for m in members],
+                "files": [
+                    {
+                        "path": m["rel"],
+                        "size": int(m["size"]),
+                        "checksum": m["checksum"],
+                        "version": int(m["version"]),
+                    }
+                    for m in members
+                ],
                 "hpss": {
                     "endpoint_id": endpoints.nersc,
                     "function_id": self.deployment.function_id("hpss_archive"),
@@ -274,7 +346,9 @@ class ArchiveGroups(Step):
     ) -> str:
         group_id = group["id"]
         members = self.ledger.query(
-            "SELECT rel, size FROM scans WHERE archive_group_id = ? ORDER BY rel", (group_id,)
+            "SELECT rel, size, checksum, version FROM scans WHERE archive_group_id = ?"
+            " ORDER BY rel, version",
+            (group_id,),
         )
         if not members:
             with self.ledger.transaction() as conn:

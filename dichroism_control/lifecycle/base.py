@@ -150,6 +150,14 @@ def compute_result(output: dict[str, Any], key: str) -> dict[str, Any]:
     return first if isinstance(first, dict) else {}
 
 
+def single_tape_path(hpss_dir: str, rel: str, version: int) -> str:
+    """Where hpss_archive sends a file alone (hsi): `{hpss_dir}/{rel}` for version 1,
+    `{hpss_dir}/{rel}@v{n}` after that, so every version stays on tape (compute_functions/
+    hpss.py keeps the same rule)."""
+    base = f"{hpss_dir.rstrip('/')}/{rel}"
+    return base if int(version) == 1 else f"{base}@v{int(version)}"
+
+
 def version_member(rel: str, version: int, checksum: str | None) -> str:
     return f"{rel}\0{version}\0{checksum or ''}"
 

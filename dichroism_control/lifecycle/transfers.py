@@ -38,8 +38,11 @@ class NewFileRuns(Step):
         run_id = run["run_id"]
         if run["status"] == "SUCCEEDED":
             with self.ledger.transaction() as conn:
+                # A version superseded while its run was in flight leaves the pipeline: its
+                # source copy is another content now, and its CFS copy will be replaced.
                 cursor = conn.execute(
-                    "UPDATE scans SET state = 'transferred', transferred_at = ?, last_error = NULL,"
+                    "UPDATE scans SET state = CASE WHEN superseded_at IS NULL THEN 'transferred'"
+                    " ELSE 'superseded' END, transferred_at = ?, last_error = NULL,"
                     " failed_step = NULL, updated_at = ? WHERE id = ? AND state = 'submitted'"
                     " AND run_id = ?",
                     (now, now, scan_id, run_id),
@@ -48,6 +51,17 @@ class NewFileRuns(Step):
             return
         reason = failure_reason(run)
         with self.ledger.transaction() as conn:
+            retired = conn.execute(
+                "UPDATE scans SET state = 'superseded', last_error = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'submitted' AND run_id = ?"
+                " AND superseded_at IS NOT NULL",
+                (f"run ended after a newer version was recorded: {reason}", now, scan_id, run_id),
+            )
+            if retired.rowcount:
+                # Most likely the file changed under its transfer (the checksum no longer
+                # matched): the newer version is the one to ship, never this one again.
+                summary["superseded"] += 1
+                return
             failures = self.record_failure(conn, run, "new_file", f"scan:{scan_id}", reason)
             if failures is None:
                 # A run we already counted, yet the scan points at it again: the launcher's
