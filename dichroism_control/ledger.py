@@ -20,6 +20,7 @@ Prune progress is kept per location (dtn_pruned_at / cfs_pruned_at); `pruned` me
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -28,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dichroism_control.errors import DichroismError
 
 _SQL_CHUNK = 500  # paths per `IN (...)` query (SQLite's variable limit is far above)
 
@@ -167,6 +170,67 @@ class Scan:
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
 
+class StateError(DichroismError):
+    """The state directory cannot be used as it is; a person must act. Exit 2, so that
+    systemd (RestartPreventExitStatus=2) does not restart into the same wall."""
+
+    exit_code = 2
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _marker(path: Path) -> Path:
+    return path.with_name(path.name + ".created")
+
+
+def _guard(path: Path) -> bool:
+    """Refuse a ledger that is missing, empty or not SQLite where one existed before;
+    True when a new one is about to be created. Recreating a lost ledger silently would
+    resubmit every file on disk and forget every pending prune."""
+    marker, wal = _marker(path), path.with_name(path.name + "-wal")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            if marker.exists() or wal.exists():
+                raise StateError(
+                    f"{path}: the ledger is missing but this state directory had one"
+                    f" ({marker.name if marker.exists() else wal.name} is there): restore it"
+                    f" from a backup, or move {marker.name} aside to start afresh (every scan"
+                    " on disk will then be sent again)"
+                )
+            if not os.access(path.parent, os.W_OK):
+                raise StateError(f"{path.parent}: not writable: the ledger cannot be created")
+            return True
+        with open(path, "rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise StateError(f"{path}: cannot use the state directory ({exc.strerror})") from None
+    if header != _SQLITE_HEADER:
+        what = "empty (truncated)" if not header else "not a SQLite database"
+        raise StateError(
+            f"{path}: {what}: restore the ledger from a backup, or move it (and its"
+            f" {marker.name}) aside to start afresh (every scan on disk will then be sent again)"
+        )
+    return False
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)")]
+    if rows != ["ok"]:
+        raise StateError(
+            f"{path}: the ledger is damaged ({rows[0]}): restore it from a backup (sqlite3"
+            " .recover can salvage rows), or move it aside to start afresh"
+        )
+
+
+def _database_error(path: Path, exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "readonly" in text or "unable to open" in text:
+        return f"{path}: cannot write the ledger ({text}): is {path.parent} read-only?"
+    return f"{path}: the ledger cannot be used ({text}): restore it from a backup"
+
+
 class Database:
     """A thread-safe handle on one SQLite file in WAL mode (one connection, one lock).
 
@@ -180,21 +244,30 @@ class Database:
         schema: str,
         *,
         migrate: Callable[[sqlite3.Connection], None] | None = None,
+        check: bool = False,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        created = _guard(path)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL is durable across process crashes in WAL mode (only an OS crash can lose
-        # the last commits); FULL would add an fsync per scan for little gain here.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute("PRAGMA foreign_keys=ON")
-        with self.transaction() as conn:
-            if migrate is not None:
-                migrate(conn)
-            conn.executescript(schema)
+        try:
+            self._conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+            self._conn.row_factory = sqlite3.Row
+            if check:
+                _quick_check(self._conn, path)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # NORMAL is durable across process crashes in WAL mode (only an OS crash can
+            # lose the last commits); FULL would add an fsync per scan for little gain here.
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            with self.transaction() as conn:
+                if migrate is not None:
+                    migrate(conn)
+                conn.executescript(schema)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(_database_error(path, exc)) from None
+        if created:
+            # From now on a missing ledger here is a loss, not a first start (see _guard).
+            _marker(path).write_text(f"created {time.time():.0f}\n")
 
     def close(self) -> None:
         with self._lock:
@@ -224,8 +297,8 @@ class Database:
 class Ledger(Database):
     """The scans, archive groups and prune batches (see the module docstring)."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA, migrate=_migrate)
+    def __init__(self, path: Path, *, check: bool = False) -> None:
+        super().__init__(path, SCHEMA, migrate=_migrate, check=check)
 
     # -- scans ---------------------------------------------------------------------------
     def add_scan(

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
+from dichroism_control.binding import specialise
 from dichroism_control.config import Config
 from dichroism_control.definitions import (
     checksum,
     house_rule_errors,
     load_all,
     load_document,
-    specialise,
     structural_errors,
     validate_document,
 )
@@ -159,11 +159,27 @@ def test_shipped_definitions_are_valid_and_specialised(config: Config) -> None:
     assert list(documents) == ["new_file", "archive", "prune"]
     for document in documents.values():
         assert validate_document(specialise(document, config)) == []
-    prune = specialise(documents["prune"], config)
-    props = prune.input_schema["properties"]["input"]["properties"]
-    assert props["beamline"]["enum"] == ["bl402", "bl631"]
-    assert documents["prune"].input_schema != prune.input_schema  # the file is left alone
-    assert specialise(documents["new_file"], config) is documents["new_file"]
+    for name in ("new_file", "archive", "prune"):
+        bound = specialise(documents[name], config)
+        props = bound.input_schema["properties"]["input"]["properties"]
+        assert props["beamline"]["enum"] == ["bl402", "bl631"]
+        assert documents[name].input_schema != bound.input_schema  # the file is left alone
+
+
+def test_batch_limits_agree_with_the_schemas(config: Config) -> None:
+    """The lifecycle's batch sizes are the schemas' maxItems (which bound the run state)."""
+    from dichroism_control.lifecycle.base import (
+        ARCHIVE_MAX_FILES,
+        PRUNE_MAX_ARCHIVES,
+        PRUNE_MAX_FILES,
+    )
+
+    documents = load_all(config.definitions_path)
+    archive = documents["archive"].input_schema["properties"]["input"]["properties"]
+    prune = documents["prune"].input_schema["properties"]["input"]["properties"]
+    assert archive["files"]["maxItems"] == ARCHIVE_MAX_FILES == 200
+    assert prune["target"]["properties"]["files"]["maxItems"] == PRUNE_MAX_FILES == 200
+    assert prune["safe"]["properties"]["archives"]["maxItems"] == PRUNE_MAX_ARCHIVES == 50
 
 
 def test_checksum_is_canonical() -> None:

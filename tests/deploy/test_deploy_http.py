@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
+from dichroism_control.binding import specialise
 from dichroism_control.config import FUNCTION_NAMES, load_config
-from dichroism_control.definitions import load_document, specialise
+from dichroism_control.definitions import load_document
+from dichroism_control.deploy_state import Deployment
 from tests.conftest import GROUP
 from tests.deploy.helpers import FakeGlobus, run_cli
 
@@ -41,9 +43,13 @@ def _actions(report: dict[str, Any], kind: str) -> dict[str, str]:
 
 
 def _expected_flow_body(config_path: Path, name: str) -> dict[str, Any]:
+    """The flow as deployed: its schema bound to the config and to the function ids the
+    same deploy registered (read back from the deploy state)."""
     config = load_config(config_path)
     document = specialise(
-        load_document(config.definitions_path / f"{name}.json", name=name), config
+        load_document(config.definitions_path / f"{name}.json", name=name),
+        config,
+        functions=Deployment.resolve(config).functions,
     )
     keywords = {"new_file": ["ALS"]}.get(name, [])
     return {

@@ -111,7 +111,8 @@ def test_update_flow_payload_for_a_pinned_flow(
     )
     last = get_last_request()
     assert last is not None and (last.method, last.path_url) == ("PUT", f"/flows/{flow_id}")
-    from dichroism_control.definitions import load_document, specialise
+    from dichroism_control.binding import specialise
+    from dichroism_control.definitions import load_document
 
     document = specialise(
         load_document(config.definitions_path / "archive.json", name="archive"), config

@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from dichroism_control.backend import FlowSpec, RunRequest
+from dichroism_control.binding import specialise
 from dichroism_control.config import FLOW_NAMES, FUNCTION_NAMES, Config, load_config
-from dichroism_control.definitions import load_document, specialise
+from dichroism_control.definitions import load_document
 from dichroism_control.deploy_state import Deployment
 from dichroism_control.local.backend import LocalBackend
 from dichroism_control.routing import cfs_root_path, hpss_directory, source_root_path

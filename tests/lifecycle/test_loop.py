@@ -11,7 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from dichroism_control.definitions import load_document, specialise
+from dichroism_control.binding import specialise
+from dichroism_control.definitions import load_document
 from dichroism_control.errors import ConfigError
 from dichroism_control.routing import cfs_root_path, hpss_directory, source_root_path
 from tests.conftest import GROUP, IDS
