@@ -18,6 +18,10 @@ from pathlib import Path, PurePosixPath
 from dichroism_control.config import Beamline, Config
 from dichroism_control.errors import ConfigError
 
+# The archive and prune schemas' limit on a path relative to a root (tools/gen_definitions.py
+# REL_MAX): it keeps a batch's run state under the Flows cap.
+REL_MAX = 240
+
 
 class RouteError(ConfigError):
     """The path cannot be shipped (outside every watch root, escapes it, ignored name)."""
@@ -100,6 +104,15 @@ def route(config: Config, path: str | Path, *, beamline: str | None = None) -> R
     except UnicodeEncodeError:
         # Flow input is JSON text: a name that is not UTF-8 cannot be named to Globus.
         raise RouteError(f"{absolute!r}: the file name is not valid UTF-8") from None
+    if "\n" in rel or "\r" in rel:
+        # Globus refuses such names (docs.globus.org/api/transfer/file_operations, Path
+        # Encoding), and the Compute verifiers refuse a batch that holds one.
+        raise RouteError(f"{absolute!r}: a line break in the name; rename the file")
+    if len(rel) > REL_MAX:
+        raise RouteError(
+            f"{absolute}: {len(rel)} characters below the watch root; the archive and prune"
+            f" flows carry at most {REL_MAX} (their run state is capped): shorten the path"
+        )
     source = config.endpoint(settings.source)
     destination = config.endpoint(settings.destination)
     return Route(

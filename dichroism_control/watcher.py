@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +31,8 @@ from typing import TYPE_CHECKING
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from dichroism_control.identity import IdentityError, StillChanging, identify
+from dichroism_control.ledger import StateError
+from dichroism_control.quietlog import Throttle
 from dichroism_control.routing import Route, RouteError, matches, route
 from dichroism_control.versions import Seen, stale_paths
 from dichroism_control.versions import record as record_versions
@@ -42,6 +45,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Ledger writes that fail (a full disk, a read-only state_dir, a lock held too long): the
+# files wait in the tracker, retried after 5 s, doubling up to a minute.
+LEDGER_ERRORS = (sqlite3.Error, StateError)
+PAUSE_FIRST_SECONDS = 5.0
+PAUSE_MAX_SECONDS = 60.0
 # Safety net for events the kernel dropped (inotify queue overflow): a cheap walk now and
 # then, comparing against the ledger in chunks.
 DEFAULT_RESCAN_SECONDS = 900.0
@@ -217,6 +225,14 @@ class SettleTracker:
         return finished
 
 
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # -- walking (catch-up, new directories, rescans) ------------------------------------------
 def walk_files(root: str, beamline: Beamline) -> Iterator[str]:
     """Files below `root` that may be scans: ignored directories are not entered, and
@@ -273,6 +289,9 @@ class Watcher:
         self._settle_stop = False
         self._refused: set[str] = set()
         self._thread: threading.Thread | None = None
+        self._throttle = Throttle()
+        self._paused_since: float | None = None
+        self._pause_delay = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -350,6 +369,10 @@ class Watcher:
         for path in walk_files(below or root, beamline):
             if path in self.tracker or not matches(beamline, os.path.relpath(path, root)):
                 continue
+            if not _utf8(path):
+                # Never reaches the ledger (SQLite text is UTF-8): refused once, named here.
+                self._refuse(path, f"{path!r}: the file name is not valid UTF-8; rename it")
+                continue
             try:
                 stats[path] = os.lstat(path)
             except OSError:
@@ -410,9 +433,15 @@ class Watcher:
                     next_rescan = self.clock() + self.rescan_seconds
                     for name in self.beamlines:
                         self.catch_up(name, immediate=True)
+            except LEDGER_ERRORS as exc:
+                # The rescan re-finds whatever this pass could not look up or record.
+                if self._throttle.due("settle"):
+                    log.error("ledger unavailable (%s); finished files are kept and retried", exc)
+                time.sleep(1.0)
             except Exception:
-                # The loop must survive anything (a full disk, a locked ledger): log and go on.
-                log.exception("settle loop error")
+                # The loop must survive anything: say it (once a minute) and go on.
+                if self._throttle.due("settle-bug"):
+                    log.exception("settle loop error")
                 time.sleep(1.0)
 
     def _record(self, finished: list[Finished]) -> None:
@@ -432,7 +461,11 @@ class Watcher:
             except OSError:
                 continue  # gone already: nothing to record
             stats[found.local_path] = (info.st_size, info.st_mtime_ns, info.st_ino)
-        stale = stale_paths(self.ledger, stats)
+        try:
+            stale = stale_paths(self.ledger, stats)
+        except LEDGER_ERRORS as exc:
+            self._intake_paused([item for item, _ in routed], exc)
+            return
         seen: list[Seen] = []
         for item, found in routed:
             if found.local_path not in stale:
@@ -448,7 +481,12 @@ class Watcher:
                 self._refuse(item.path, str(exc))
                 continue
             seen.append(Seen(found.beamline, found.local_path, found.rel, identity))
-        result = record_versions(self.ledger, seen)
+        try:
+            result = record_versions(self.ledger, seen)
+        except LEDGER_ERRORS as exc:
+            self._intake_paused([item for item, _ in routed], exc)
+            return
+        self._intake_resumed()
         new = len(result.new_ids)
         if result.new_versions:
             log.info("%d changed file(s) recorded as new versions", result.new_versions)
@@ -456,6 +494,43 @@ class Watcher:
             self.detected += new
             if self.on_detected is not None:
                 self.on_detected(new)
+
+    def _intake_paused(self, items: list[Finished], exc: BaseException) -> None:
+        """The ledger cannot be written (disk full, read-only, locked): keep every finished
+        file in the tracker and try again later; nothing is dropped, nothing is sent (only a
+        recorded scan is ever claimed), so exactly-once is untouched."""
+        if self._paused_since is None:
+            self._paused_since = time.monotonic()
+        self._pause_delay = min(max(self._pause_delay * 2, PAUSE_FIRST_SECONDS), PAUSE_MAX_SECONDS)
+        wake = False
+        for item in items:
+            beamline = self.beamlines.get(item.beamline)
+            if beamline is not None:
+                self.tracker.gone(item.path)
+                wake |= self.tracker.existing(
+                    item.path, beamline, item.beamline, first_wait=self._pause_delay
+                )
+        if wake:
+            self._wake_settle()
+        if self._throttle.due("intake"):
+            log.error(
+                "ledger cannot be written (%s): intake paused, %d finished file(s) waiting;"
+                " retrying every %.0f s",
+                exc,
+                len(items),
+                self._pause_delay,
+            )
+
+    def _intake_resumed(self) -> None:
+        if self._paused_since is None:
+            return
+        log.warning(
+            "ledger writable again: intake resumed after %.0f s",
+            time.monotonic() - self._paused_since,
+        )
+        self._paused_since = None
+        self._pause_delay = 0.0
+        self._throttle.clear("intake")
 
     def _refuse(self, path: str, reason: str) -> None:
         self.refused += 1

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dichroism_control.launcher.outcomes import Outcome, OutcomeWriter
+from dichroism_control.quietlog import Throttle
 
 if TYPE_CHECKING:
     from dichroism_control.launcher.submit import Claim, Launcher
@@ -62,6 +63,7 @@ class Dispatcher:
         self._pause_until = 0.0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit")
         self._outcomes = OutcomeWriter(launcher.ledger, on_commit=self._committed)
+        self._throttle = Throttle()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -78,10 +80,12 @@ class Dispatcher:
         self._pool.shutdown(wait=True)
         try:
             self._outcomes.flush()
-        except Exception:
-            log.exception(
-                "recording %d outcome(s) failed; those scans are looked up at the next start",
+        except Exception as exc:
+            log.error(
+                "recording %d outcome(s) failed (%s); those scans are looked up at the next"
+                " start",
                 self._outcomes.pending(),
+                exc,
             )
         return self.stats
 
@@ -112,10 +116,13 @@ class Dispatcher:
                     # Not wanted: sleep until the next check. Wanted but full: the worker
                     # whose finish makes the condition above true notifies.
                     self._cond.wait(None if wanted else next_check - now)
+            self._flush_outcomes()
             try:
                 claims = self.launcher.claim(limit=free)
-            except Exception:
-                log.exception("claiming scans from the ledger failed")
+            except Exception as exc:
+                # A full disk or a read-only ledger: nothing is claimed, so nothing is sent.
+                if self._throttle.due("claim"):
+                    log.error("claiming scans from the ledger failed (%s); retrying", exc)
                 claims = []
                 next_check = self.clock() + IDLE_CHECK_SECONDS
             if claims:
@@ -142,8 +149,16 @@ class Dispatcher:
                 outcome = self.launcher.release(claim)
             else:
                 outcome = self.launcher.attempt(claim, record=self._outcomes)
-        except Exception:
-            log.exception("%s: submission worker error", claim.scan.path)
+        except Exception as exc:
+            # Typically the outcome could not be written (disk full): it stays pending in
+            # the writer and the row stays `submitting`, which a restart resolves by label.
+            if self._throttle.due("work"):
+                log.error(
+                    "%s: submission outcome not recorded yet (%s); %d outcome(s) pending",
+                    claim.scan.path,
+                    exc,
+                    self._outcomes.pending(),
+                )
         finally:
             with self._cond:
                 self._inflight -= 1
@@ -156,6 +171,19 @@ class Dispatcher:
                 free = capacity - self._inflight
                 if free > 0 and (free >= capacity // 2 or self._inflight == 0):
                     self._cond.notify()
+
+    def _flush_outcomes(self) -> None:
+        """Write outcomes a failed commit left pending (space came back, say)."""
+        if not self._outcomes.pending():
+            return
+        try:
+            self._outcomes.flush()
+        except Exception as exc:
+            if self._throttle.due("flush"):
+                log.error("%d outcome(s) still not recorded (%s)", self._outcomes.pending(), exc)
+        else:
+            if self._throttle.clear("flush") or self._throttle.clear("work"):
+                log.warning("pending submission outcomes recorded")
 
     def _committed(self, batch: list[tuple[int, dict[str, Any]]]) -> None:
         """Retries just became claimable rows: the dispatcher looks again."""
