@@ -109,6 +109,7 @@ def submit(
 
     from dichroism_control.errors import ConfigError, DichroismError
     from dichroism_control.launcher import submit_lock
+    from dichroism_control.routing import matches
 
     state: Context = ctx.obj
     config = state.config()
@@ -116,6 +117,12 @@ def submit(
     launcher = _launcher(state)
     local = os.path.abspath(path)
     scan_route = launcher.route(local, beamline=beamline)
+    if not matches(config.beamline(beamline), scan_route.rel):
+        # The same rule as the watcher's: an ignored or unmatched name is not a scan.
+        raise ConfigError(
+            f"{scan_route.local_path}: not a scan for {beamline}"
+            f" (beamlines.{beamline}.watch.patterns / ignore)"
+        )
     if not os.path.isfile(scan_route.local_path):
         raise ConfigError(f"{scan_route.local_path}: not a file")
     ledger = state.ledger()

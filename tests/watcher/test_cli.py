@@ -68,6 +68,18 @@ def test_submit_refuses_paths_outside_the_root(cli: Callable[..., Any], tmp_path
         cli("submit", str(path), "--beamline", "bl402")
 
 
+@pytest.mark.parametrize("name", [".hidden.h5", "scan.h5.part", "scan.tmp", "scan.h5~"])
+def test_submit_honours_the_ignore_patterns(
+    cli: Callable[..., Any], tmp_path: Path, fake: FakeBackend, name: str
+) -> None:
+    from dichroism_control.errors import ConfigError
+
+    path = write_file(tmp_path / "data" / "bl402" / "P1" / name)
+    with pytest.raises(ConfigError, match=r"not a scan for bl402 \(beamlines\.bl402\.watch\."):
+        cli("submit", str(path), "--beamline", "bl402")
+    assert fake.requests == []
+
+
 def test_status_lists_failures_with_reasons(
     cli: Callable[..., Any], tmp_path: Path, fake: FakeBackend
 ) -> None:
