@@ -73,14 +73,16 @@ class RunRequest:
     notify_on: list[str] = field(default_factory=lambda: ["INACTIVE", "FAILED"])
 
     def timer_body(self) -> dict[str, Any]:
-        """The run request a FlowTimer carries (GLOBUS_NOTES: body is the whole request)."""
-        doc: dict[str, Any] = {"body": self.body, "label": self.label, "tags": self.tags}
-        if self.run_monitors:
-            doc["run_monitors"] = self.run_monitors
-        if self.run_managers:
-            doc["run_managers"] = self.run_managers
-        doc["activity_notification_policy"] = {"status": self.notify_on}
-        return doc
+        """What a FlowTimer carries: Timers' FlowStartDocument, which holds only `body`,
+        `run_monitors`, `run_managers` and `tags` (globus-sdk-javascript
+        src/open-api/types/timers.ts). No label and no notification policy reach a run that
+        Timers starts, so such runs are found by their tags."""
+        return {
+            "body": self.body,
+            "tags": self.tags,
+            "run_monitors": self.run_monitors,
+            "run_managers": self.run_managers,
+        }
 
 
 def run_start_time(run: dict[str, Any]) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -28,6 +29,43 @@ FUNCTIONS = {
         ["scicat_ingest", "scicat_add_location", "hpss_archive", "hpss_verify", "cfs_verify"]
     )
 }
+# Every scan's recorded mtime (2026-02-28 12:00:00 UTC) and its prune form.
+MTIME_NS = 1_772_280_000_000_000_000
+MTIME = "2026-02-28 12:00:00+00:00"
+
+
+def checksum_of(rel: str) -> str:
+    """A stand-in MD5 per path (the lifecycle never hashes; it carries what was recorded)."""
+    return hashlib.md5(rel.encode(), usedforsecurity=False).hexdigest()
+
+
+def compute(result: dict[str, Any]) -> dict[str, Any]:
+    """A Compute action's result as the Compute action provider stores it (twice)."""
+    return {"status": "SUCCEEDED", "details": {"result": [result], "results": [{"output": result}]}}
+
+
+def prune_output(
+    *,
+    safe: list[int],
+    delete: list[int],
+    kept: list[dict[str, Any]] | None = None,
+    changed: list[int] | None = None,
+    gone: list[int] | None = None,
+) -> dict[str, Any]:
+    """A prune run's final state: the verifier's verdicts and the stat loop's lists."""
+    return {
+        "verification": compute({"algorithm": "md5", "safe": safe, "kept": kept or []}),
+        "check": {
+            "todo": safe,
+            "n": len(safe),
+            "pos": len(safe),
+            "delete": delete,
+            "changed": changed or [],
+            "gone": gone or [],
+        },
+    }
+
+
 # 2026-03-01 10:00:00 UTC: mid-morning, so a pass "later today" stays on the same UTC day.
 T0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC).timestamp()
 DAY = 86400.0
@@ -74,14 +112,18 @@ class World:
                 )
                 root = self.config.beamlines[beamline].watch.root
                 cursor = conn.execute(
-                    "INSERT INTO scans (beamline, path, rel, size, mtime, state, run_id, label,"
-                    " attempts, submit_started_at, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, 0, 'submitted', ?, ?, 1, ?, ?, ?)",
+                    "INSERT INTO scans (beamline, path, rel, version, size, mtime, mtime_ns,"
+                    " inode, checksum, state, run_id, label, attempts, submit_started_at,"
+                    " created_at, updated_at)"
+                    " VALUES (?, ?, ?, 1, ?, ?, ?, 1, ?, 'submitted', ?, ?, 1, ?, ?, ?)",
                     (
                         beamline,
                         f"{root}/{rel}",
                         rel,
                         size,
+                        MTIME_NS / 1e9,
+                        MTIME_NS,
+                        checksum_of(rel),
                         run["run_id"],
                         f"{beamline} {rel}",
                         self.clock.now,
@@ -93,8 +135,29 @@ class World:
         return out
 
     def finish(self, run_ids: Any, status: str = "SUCCEEDED", **output: Any) -> None:
+        """End runs. A successful archive or prune run without an explicit output gets the
+        one its flow produces when everything goes well: every file placed on tape (in one
+        htar archive), every file verified and deleted."""
         for run_id in run_ids:
-            self.backend.finish(run_id, status, output or None)
+            result = output or None
+            if result is None and status == "SUCCEEDED":
+                result = self.happy_output(self.backend.runs[run_id])
+            self.backend.finish(run_id, status, result)
+
+    @staticmethod
+    def happy_output(run: dict[str, Any]) -> dict[str, Any] | None:
+        body = run.get("body", {}).get("input", {})
+        if run["flow_id"] == FLOWS["archive"]:
+            n = len(body["files"])
+            tar = (
+                f"{body['hpss']['directory']}/{body['proposal']}/{body['hpss']['archive_name']}.tar"
+            )
+            placed = {"sent": n, "skipped": 0, "archives": [tar], "where": [0] * n, "changed": []}
+            return {"archive": compute(placed)}
+        if run["flow_id"] == FLOWS["prune"]:
+            n = len(body["target"]["files"])
+            return prune_output(safe=list(range(n)), delete=list(range(n)))
+        return None
 
     def runs_of(self, flow: str, status: str | None = None) -> list[dict[str, Any]]:
         return [
@@ -114,7 +177,18 @@ class World:
                 _name, _, request = next(
                     t for t in self.backend.timer_requests if t[0] == timer["name"]
                 )
-                run = self.backend.run_flow(request)
+                # Timers starts the run from its FlowStartDocument: body, roles and tags,
+                # and no label of ours (globus-sdk-javascript timers.ts).
+                run = self.backend.run_flow(
+                    RunRequest(
+                        flow_id=request.flow_id,
+                        body=request.body,
+                        label="",
+                        tags=list(request.tags),
+                        run_monitors=list(request.run_monitors),
+                        run_managers=list(request.run_managers),
+                    )
+                )
                 timer["fired"] = True
                 started.append(run["run_id"])
         return started

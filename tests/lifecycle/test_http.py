@@ -23,7 +23,16 @@ from globus_sdk.transport import RetryConfig
 
 from dichroism_control.globus_backend import GlobusBackend
 from tests.conftest import GROUP, IDS
-from tests.lifecycle.conftest import DAY, FLOWS, FUNCTIONS, T0, World
+from tests.lifecycle.conftest import (
+    DAY,
+    FLOWS,
+    FUNCTIONS,
+    MTIME,
+    MTIME_NS,
+    T0,
+    World,
+    checksum_of,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +63,10 @@ def test_flow_timer_payload_matches_the_sdk_shapes(world: World) -> None:
     # Transferred and already in an archive group: only the compute-dtn prune talks HTTP.
     with world.ledger.transaction() as conn:
         conn.execute(
-            "INSERT INTO scans (beamline, path, rel, size, mtime, state, transferred_at,"
-            " created_at, updated_at) VALUES ('bl402', '/x/P1/a.h5', 'P1/a.h5', 42, 0,"
-            " 'archive_submitted', ?, ?, ?)",
-            (T0, T0, T0),
+            "INSERT INTO scans (beamline, path, rel, version, size, mtime, mtime_ns, checksum,"
+            " state, transferred_at, created_at, updated_at) VALUES ('bl402', '/x/P1/a.h5',"
+            " 'P1/a.h5', 1, 42, ?, ?, ?, 'archive_submitted', ?, ?, ?)",
+            (MTIME_NS / 1e9, MTIME_NS, checksum_of("P1/a.h5"), T0, T0, T0),
         )
     world.clock.now = T0 + DAY
     lifecycle = world.lifecycle()
@@ -73,6 +82,8 @@ def test_flow_timer_payload_matches_the_sdk_shapes(world: World) -> None:
             "flow_id": FLOWS["prune"],
             "name": label,
             "schedule": {"type": "once", "datetime": due.isoformat(timespec="seconds")},
+            # Timers' FlowStartDocument: body, tags, run_monitors, run_managers and nothing
+            # else (globus-sdk-javascript src/open-api/types/timers.ts, FlowStartDocument).
             "body": {
                 "body": {
                     "input": {
@@ -80,21 +91,34 @@ def test_flow_timer_payload_matches_the_sdk_shapes(world: World) -> None:
                         "location": "compute_dtn",
                         "target": {
                             "collection_id": IDS["bl402_dtn"],
-                            "root": world.config.beamlines["bl402"].watch.root,
-                            "files": [{"path": "P1/a.h5", "size": 42}],
+                            "root": f"{world.config.base_dir}/data/bl402",
+                            "files": [
+                                {
+                                    "path": "P1/a.h5",
+                                    "size": 42,
+                                    "mtime": MTIME,
+                                    "checksum": checksum_of("P1/a.h5"),
+                                    "version": 1,
+                                }
+                            ],
                         },
-                        "safe": {"root": world.config.endpoint("bl402-nersc_alsdev_raw").root_path},
+                        "safe": {"root": f"{world.config.base_dir}/cfs/4.0.2/raw"},
                         "verify": {
                             "endpoint_id": IDS["nersc"],
                             "function_id": FUNCTIONS["cfs_verify"],
                         },
+                        "deadline": "2026-08-30T16:00:00+00:00",
                     }
                 },
-                "label": label,
-                "tags": ["dichroism", "bl402", "prune", "compute_dtn"],
+                "tags": [
+                    "dichroism",
+                    "bl402",
+                    "prune",
+                    "compute_dtn",
+                    "dichroism-batch:bl402/compute_dtn/2026-08-28",
+                ],
                 "run_monitors": [GROUP],
                 "run_managers": [GROUP],
-                "activity_notification_policy": {"status": ["INACTIVE", "FAILED"]},
             },
         }
     }

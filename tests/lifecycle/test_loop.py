@@ -14,10 +14,9 @@ import pytest
 from dichroism_control.binding import specialise
 from dichroism_control.definitions import load_document
 from dichroism_control.errors import ConfigError
-from dichroism_control.routing import cfs_root_path, hpss_directory, source_root_path
 from tests.conftest import GROUP, IDS
 from tests.fakes import FakeBackend
-from tests.lifecycle.conftest import DAY, FLOWS, FUNCTIONS, T0, World
+from tests.lifecycle.conftest import DAY, FLOWS, FUNCTIONS, MTIME, T0, World, checksum_of
 
 
 def _schema(world: World, flow: str) -> dict[str, Any]:
@@ -42,26 +41,52 @@ def test_new_file_success_then_dtn_prune_timer_after_the_day_ends(world: World) 
     summary = world.lifecycle().run_once()
     assert summary["prune_timers_scheduled"] == 1
     (name, run_at, request) = world.backend.timer_requests[0]
-    due = _day(T0 + 180 * DAY)
-    assert name == request.label == f"bl402 prune compute_dtn {due}"
-    assert run_at == datetime.fromtimestamp(math.ceil(T0 + 180 * DAY), UTC)
-    assert run_at.tzinfo is not None
+    assert name == request.label == "bl402 prune compute_dtn 2026-08-28"
+    assert run_at == datetime(2026, 8, 28, 10, 0, tzinfo=UTC)  # T0 + 180 days
     assert request.flow_id == FLOWS["prune"]
-    assert request.tags == ["dichroism", "bl402", "prune", "compute_dtn"]
+    batch_key = "bl402/compute_dtn/2026-08-28"
+    assert request.tags == [
+        "dichroism",
+        "bl402",
+        "prune",
+        "compute_dtn",
+        f"dichroism-batch:{batch_key}",
+    ]
     assert request.run_managers == [GROUP] and request.run_monitors == [GROUP]
+    tmp = world.config.base_dir
     assert request.body == {
         "input": {
             "beamline": "bl402",
             "location": "compute_dtn",
             "target": {
                 "collection_id": IDS["bl402_dtn"],
-                "root": source_root_path(world.config, "bl402"),
-                "files": [{"path": "P1/a.h5", "size": 10}, {"path": "P1/b.h5", "size": 20}],
+                "root": f"{tmp}/data/bl402",
+                "files": [
+                    {
+                        "path": "P1/a.h5",
+                        "size": 10,
+                        "mtime": MTIME,
+                        "checksum": checksum_of("P1/a.h5"),
+                        "version": 1,
+                    },
+                    {
+                        "path": "P1/b.h5",
+                        "size": 20,
+                        "mtime": MTIME,
+                        "checksum": checksum_of("P1/b.h5"),
+                        "version": 1,
+                    },
+                ],
             },
-            "safe": {"root": cfs_root_path(world.config, "bl402")},
+            "safe": {"root": f"{tmp}/cfs/4.0.2/raw"},
             "verify": {"endpoint_id": IDS["nersc"], "function_id": FUNCTIONS["cfs_verify"]},
+            # run_at + the verifier's (21 600 s) and the delete's (86 400 s) WaitTime + a day
+            # for the stat loop.
+            "deadline": "2026-08-30T16:00:00+00:00",
         }
     }
+    # Timers keeps only body, roles and tags of a flow timer's body.
+    assert set(request.timer_body()) == {"body", "tags", "run_monitors", "run_managers"}
     jsonschema.validate(request.body, _schema(world, "prune"))
     (batch,) = world.batches()
     assert batch["state"] == "scheduled" and batch["timer_id"] in world.backend.timers
@@ -83,9 +108,13 @@ def test_archive_body_then_cfs_prune_and_pruned_state(world: World) -> None:
     name = body["hpss"]["archive_name"]
     assert request.label == f"bl402 archive {name}"
     assert name.startswith(f"P7_{_day(T0)}_")
-    assert body["files"] == [{"path": "P7/x.h5", "size": 5}, {"path": "P7/y.h5", "size": 6}]
-    assert body["cfs_root"] == cfs_root_path(world.config, "bl402")
-    assert body["hpss"]["directory"] == hpss_directory(world.config, "bl402")
+    assert body["files"] == [
+        {"path": "P7/x.h5", "size": 5, "checksum": checksum_of("P7/x.h5"), "version": 1},
+        {"path": "P7/y.h5", "size": 6, "checksum": checksum_of("P7/y.h5"), "version": 1},
+    ]
+    tmp = world.config.base_dir
+    assert body["cfs_root"] == f"{tmp}/cfs/4.0.2/raw"
+    assert body["hpss"]["directory"] == "/home/a/alsdev/data_mover/4.0.2/bl402/raw"
     assert body["hpss"]["endpoint_id"] == IDS["nersc"]
     assert body["hpss"]["function_id"] == FUNCTIONS["hpss_archive"]
     assert body["hpss"]["options"] == {
@@ -105,13 +134,22 @@ def test_archive_body_then_cfs_prune_and_pruned_state(world: World) -> None:
     summary = world.lifecycle().run_once()
     assert summary["archived"] == 2
     assert {s["state"] for s in world.scans()} == {"archived"}
+    tar = f"/home/a/alsdev/data_mover/4.0.2/bl402/raw/P7/{name}.tar"
+    assert {(s["tape_path"], s["tape_member"]) for s in world.scans()} == {
+        (tar, "P7/x.h5"),
+        (tar, "P7/y.h5"),
+    }
 
     world.clock.now = T0 + DAY
     world.lifecycle().run_once()
     cfs = [r for _, _, r in world.backend.timer_requests if "cfs" in r.tags]
     assert len(cfs) == 1
-    assert cfs[0].body["input"]["target"]["root"] == cfs_root_path(world.config, "bl402")
-    assert cfs[0].body["input"]["safe"] == {"root": hpss_directory(world.config, "bl402")}
+    assert cfs[0].body["input"]["target"]["root"] == f"{tmp}/cfs/4.0.2/raw"
+    assert cfs[0].body["input"]["safe"] == {
+        "root": "/home/a/alsdev/data_mover/4.0.2/bl402/raw",
+        "archives": [tar],
+    }
+    assert [f["archive"] for f in cfs[0].body["input"]["target"]["files"]] == [0, 0]
     assert cfs[0].body["input"]["verify"]["function_id"] == FUNCTIONS["hpss_verify"]
     jsonschema.validate(cfs[0].body, _schema(world, "prune"))
 
@@ -130,9 +168,11 @@ def test_archive_body_then_cfs_prune_and_pruned_state(world: World) -> None:
     assert {b["state"] for b in world.batches()} == {"succeeded"}
 
 
-def test_5000_scans_over_3_days_at_most_one_timer_per_beamline_location_day(
+def test_5000_scans_over_3_days_timers_grow_with_days_and_batch_size(
     world: World,
 ) -> None:
+    """Timers per (beamline, location, day) = the day's files / 200 (the schemas' batch
+    bound, which keeps each run's state under 200 KB), rounded up: never one per scan."""
     items = [
         (("bl402", "bl631")[i % 2], f"P{i % 5}/day{i % 3}/scan_{i:05d}.h5", i) for i in range(5000)
     ]
@@ -153,10 +193,17 @@ def test_5000_scans_over_3_days_at_most_one_timer_per_beamline_location_day(
     world.lifecycle().run_once()
 
     keys = Counter(
-        (r.tags[1], r.tags[3], name.split()[-1]) for name, _, r in world.backend.timer_requests
+        (r.tags[1], r.tags[3], r.tags[4].split("/")[2].split("#")[0])
+        for _, _, r in world.backend.timer_requests
     )
-    assert keys and max(keys.values()) == 1
     assert len(keys) == 2 * 2 * 3  # beamlines x locations x days
+    files_per_key = Counter(
+        (r.tags[1], r.tags[3], r.tags[4].split("/")[2].split("#")[0])
+        for _, _, r in world.backend.timer_requests
+        for _ in r.body["input"]["target"]["files"]
+    )
+    for key, count in keys.items():
+        assert count == math.ceil(files_per_key[key] / 200), key
     files = Counter(
         r.tags[3]
         for _, _, r in world.backend.timer_requests
@@ -177,7 +224,7 @@ def test_5000_scans_over_3_days_at_most_one_timer_per_beamline_location_day(
             for r in world.backend.requests
             if r.flow_id == FLOWS["archive"]
         )
-        <= 1000
+        <= 200
     )
     # And a restart re-reading the same ledger schedules nothing more.
     before = (len(world.backend.timer_requests), len(world.backend.requests))
@@ -191,16 +238,27 @@ def test_big_batches_split_into_chunks(world: World) -> None:
     world.lifecycle().run_once()
     world.clock.now = T0 + DAY
     world.lifecycle().run_once()
+    # The schemas take at most 200 files per run (the run state stays under 200 KB), and
+    # the lifecycle fills them: 12 full groups and one of 100.
+    groups = world.ledger.query(
+        "SELECT COUNT(*) AS n FROM scans GROUP BY archive_group_id ORDER BY n"
+    )
+    assert [g["n"] for g in groups] == [100] + [200] * 12
+    # ...of which max_archive_runs_in_flight (10) have started.
     archive = [r for r in world.backend.requests if r.flow_id == FLOWS["archive"]]
-    assert sorted(len(r.body["input"]["files"]) for r in archive) == [500, 1000, 1000]
-    assert len({r.body["input"]["hpss"]["archive_name"] for r in archive}) == 3
+    assert [len(r.body["input"]["files"]) for r in archive] == [200] * 10
+    assert len({r.body["input"]["hpss"]["archive_name"] for r in archive}) == 10
     labels = sorted(name for name, _, _ in world.backend.timer_requests)
-    due = _day(T0 + 180 * DAY)
-    assert labels == [f"bl402 prune compute_dtn {due}", f"bl402 prune compute_dtn {due} #2"]
+    assert labels[:3] == [
+        "bl402 prune compute_dtn 2026-08-28",
+        "bl402 prune compute_dtn 2026-08-28 #10",
+        "bl402 prune compute_dtn 2026-08-28 #11",
+    ]
+    assert len(labels) == len(set(labels)) == 13
     sizes = sorted(
         len(r.body["input"]["target"]["files"]) for _, _, r in world.backend.timer_requests
     )
-    assert sizes == [500, 2000]
+    assert sizes == [100] + [200] * 12
 
 
 class Crash(BaseException):
@@ -450,7 +508,11 @@ def test_negative_retention_is_a_config_error(write_config: Callable[..., Any]) 
     assert str(excinfo.value) == "beamlines.bl402.retention_days.cfs: must be >= 0"
 
 
-def test_invalid_prune_body_fails_the_batch_visibly(world: World) -> None:
+def test_invalid_prune_body_fails_the_batch_visibly(make_world: Callable[..., World]) -> None:
+    def slow_archive(data: dict[str, Any]) -> None:
+        data["lifecycle"] = {"archive_quiet_seconds": 30 * DAY}  # keep the archive step out
+
+    world = make_world(slow_archive)
     world.finish(world.submitted([("bl402", "P1/../../etc/passwd", 1)]))
     world.lifecycle().run_once()
     world.clock.now = T0 + DAY
