@@ -43,6 +43,10 @@ F_INGEST = "44444444-4444-4444-8444-444444444444"
 F_ARCHIVE = "55555555-5555-4555-8555-555555555555"
 F_LOCATION = "66666666-6666-4666-8666-666666666666"
 F_VERIFY = "77777777-7777-4777-8777-777777777777"
+F_TAPE = "88888888-8888-4888-8888-888888888888"
+MD5 = "0cc175b9c0f1b6a831c399e269772661"
+MTIME = "2026-11-25 12:00:00+00:00"
+DEADLINE = "2026-11-27T12:00:00+00:00"
 
 
 def load(name: str) -> dict[str, Any]:
@@ -55,11 +59,23 @@ def body(document: dict[str, Any]) -> dict[str, Any]:
     return {"input": document}
 
 
+def prune_file(path: str, size: int = 123, **extra: Any) -> dict[str, Any]:
+    return {"path": path, "size": size, "mtime": MTIME, "checksum": MD5, "version": 1, **extra}
+
+
 INPUTS: dict[str, dict[str, Any]] = {
     "new_file": {
         "beamline": "bl402",
-        "source": {"collection_id": DTN, "path": "/data/bl402/P1/scan.h5", "size": 123},
+        "source": {
+            "collection_id": DTN,
+            "path": "/data/bl402/P1/scan.h5",
+            "size": 123,
+            "mtime": MTIME,
+            "checksum": MD5,
+            "version": 1,
+        },
         "destination": {"collection_id": CFS, "path": "/global/cfs/als/4.0.2/raw/P1/scan.h5"},
+        "deadline": DEADLINE,
         "scicat": {
             "endpoint_id": EP,
             "function_id": F_INGEST,
@@ -78,7 +94,7 @@ INPUTS: dict[str, dict[str, Any]] = {
         "beamline": "bl402",
         "proposal": "P1",
         "cfs_root": "/global/cfs/als/4.0.2/raw",
-        "files": [{"path": "P1/scan.h5", "size": 123}],
+        "files": [{"path": "P1/scan.h5", "size": 123, "checksum": MD5, "version": 1}],
         "hpss": {
             "endpoint_id": EP,
             "function_id": F_ARCHIVE,
@@ -99,10 +115,11 @@ INPUTS: dict[str, dict[str, Any]] = {
         "target": {
             "collection_id": DTN,
             "root": "/data/bl402",
-            "files": [{"path": "P1/scan.h5", "size": 123}],
+            "files": [prune_file("P1/scan.h5")],
         },
         "safe": {"root": "/global/cfs/als/4.0.2/raw"},
         "verify": {"endpoint_id": EP, "function_id": F_VERIFY},
+        "deadline": DEADLINE,
     },
 }
 
@@ -121,7 +138,10 @@ class StubProvider(ActionProvider):
             return ActionStatus(
                 status=FAILED, details={"code": "Failed", "description": "stub failure"}
             )
-        return ActionStatus(status=SUCCEEDED, details=self.respond(body), label=body.get("label"))
+        answer = self.respond(body)
+        if isinstance(answer, ActionStatus):
+            return answer
+        return ActionStatus(status=SUCCEEDED, details=answer, label=body.get("label"))
 
 
 def transfer_task(body: dict[str, Any], kind: str = "TRANSFER") -> dict[str, Any]:
@@ -140,19 +160,33 @@ def transfer_task(body: dict[str, Any], kind: str = "TRANSFER") -> dict[str, Any
         "subtasks_failed": 0,
         "bytes_transferred": 123 if kind == "TRANSFER" else 0,
         "verify_checksum": body.get("verify_checksum", False),
-        "sync_level": 3 if body.get("sync_level") == "checksum" else None,
+        "sync_level": body.get("sync_level"),
         "fatal_error": None,
     }
 
 
-def stat_result(size: int = 123) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    def respond(body: dict[str, Any]) -> dict[str, Any]:
+# What a target looks like now, by path: (type, size, last_modified), or None (cannot stat).
+Targets = dict[str, tuple[str, int, str] | None]
+
+
+def stat_result(size: int = 123, targets: Targets | None = None) -> Callable[..., Any]:
+    def respond(body: dict[str, Any]) -> Any:
+        kind, found_size, modified = ("file", size, MTIME)
+        if targets is not None and body["path"] in targets:
+            found = targets[body["path"]]
+            if found is None:
+                # A path that does not exist: the stat action fails (NotFound).
+                return ActionStatus(
+                    status=FAILED,
+                    details={"code": "NotFound", "description": f"{body['path']} not found"},
+                )
+            kind, found_size, modified = found
         return {
             "DATA_TYPE": "file",
             "name": body["path"].rsplit("/", 1)[-1],
-            "type": "file",
-            "size": size,
-            "last_modified": "2026-11-25 12:00:00+00:00",
+            "type": kind,
+            "size": found_size,
+            "last_modified": modified,
             "permissions": "0644",
             "user": "als",
             "group": "als",
@@ -179,54 +213,53 @@ def compute_result(
 
 
 def hpss_archive(kwargs: dict[str, Any]) -> dict[str, Any]:
-    manifest = [
-        {
-            "path": f["path"],
-            "cfs_path": f"{kwargs['cfs_root']}/{f['path']}",
-            "size": f["size"],
-            "tape_path": f"{kwargs['hpss_dir']}/P1/{kwargs['archive_name']}.tar",
-            "member": f["path"],
-        }
-        for f in kwargs["files"]
-    ]
+    n = len(kwargs["files"])
     return {
-        "manifest": manifest,
-        "archives": [manifest[0]["tape_path"]],
-        "sent": len(manifest),
+        "sent": n,
         "skipped": 0,
+        "archives": [f"{kwargs['hpss_dir']}/P1/{kwargs['archive_name']}.tar"],
+        "where": [0] * n,
+        "changed": [],
     }
 
 
-def verify(all_verified: Any = True) -> Callable[[dict[str, Any]], Any]:
+def verify(kept: list[dict[str, Any]] | None = None) -> Callable[[dict[str, Any]], Any]:
     def respond(kwargs: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "verified": len(kwargs["files"]),
-            "delete": [{"path": f"{kwargs['target_root']}/{f['path']}"} for f in kwargs["files"]],
+        unsafe = {k["i"] for k in kept or []}
+        return {
+            "algorithm": "md5",
+            "checked": len(kwargs["files"]),
+            "safe": [i for i in range(len(kwargs["files"])) if i not in unsafe],
+            "kept": kept or [],
         }
-        if all_verified is not None:
-            out["all_verified"] = all_verified
-        return out
 
     return respond
 
 
-def providers(*, stat_size: int = 123, all_verified: Any = True) -> dict[str, StubProvider]:
+def providers(
+    *,
+    stat_size: int = 123,
+    kept: list[dict[str, Any]] | None = None,
+    targets: Targets | None = None,
+) -> dict[str, StubProvider]:
     return {
         TRANSFER: StubProvider(transfer_task),
         DELETE: StubProvider(lambda body: transfer_task(body, "DELETE")),
-        STAT: StubProvider(stat_result(stat_size)),
+        STAT: StubProvider(stat_result(stat_size, targets)),
         COMPUTE: StubProvider(
             compute_result(
                 {
                     F_INGEST: lambda kw: {
                         "pid": "pid-1",
                         "created": True,
+                        "updated": False,
                         "dataset_name": "scan",
                         "source_folder": "/global/cfs/als/4.0.2/raw/P1",
                     },
                     F_ARCHIVE: hpss_archive,
-                    F_LOCATION: lambda kw: {"updated": ["pid-1"], "unchanged": []},
-                    F_VERIFY: verify(all_verified),
+                    F_LOCATION: lambda kw: {"updated": 1, "unchanged": 0, "missing": 0},
+                    F_VERIFY: verify(kept),
+                    F_TAPE: verify(kept),
                 }
             )
         ),
@@ -256,7 +289,7 @@ def test_every_shipped_definition_has_a_smoke_input() -> None:
     assert sorted(p.stem for p in DEFINITIONS.glob("*.json")) == sorted(INPUTS)
 
 
-def test_new_file_succeeds() -> None:
+def test_new_file_succeeds_and_globus_verifies_the_detected_checksum() -> None:
     stubs = providers()
     outcome = run("new_file", stubs)
     assert outcome.status == "SUCCEEDED", outcome.details
@@ -268,10 +301,15 @@ def test_new_file_succeeds() -> None:
                 {
                     "source_path": "/data/bl402/P1/scan.h5",
                     "destination_path": "/global/cfs/als/4.0.2/raw/P1/scan.h5",
+                    "external_checksum": MD5,
+                    "checksum_algorithm": "MD5",
                 }
             ],
-            "sync_level": "checksum",
+            "sync_level": 3,
             "verify_checksum": True,
+            "preserve_timestamp": True,
+            "deadline": DEADLINE,
+            "notify_on_succeeded": False,
             "label": "run-0001",
         }
     ]
@@ -279,57 +317,143 @@ def test_new_file_succeeds() -> None:
         {"endpoint_id": CFS, "path": "/global/cfs/als/4.0.2/raw/P1/scan.h5"}
     ]
     (ingest,) = stubs[COMPUTE].bodies
-    assert ingest["tasks"][0]["kwargs"]["size"] == 123
+    assert ingest["tasks"][0]["kwargs"] == {
+        "beamline": "bl402",
+        "file_path": "/global/cfs/als/4.0.2/raw/P1/scan.h5",
+        "size": 123,
+        "checksum": MD5,
+        "version": 1,
+        "proposal": "P1",
+        "metadata": INPUTS["new_file"]["scicat"]["metadata"],
+    }
     assert outcome.output["ingest"]["details"]["result"][0]["pid"] == "pid-1"
-    assert [e["details"].get("state_name") for e in outcome.log if e["code"].endswith("Started")][
-        1:
-    ] == [
-        "TransferToCFS",
-        "StatDestination",
-        "CheckSize",
-        "IngestToSciCat",
-    ]
 
 
-def test_archive_succeeds_and_passes_the_manifest_on() -> None:
+def test_archive_succeeds_and_passes_the_placement_on() -> None:
     stubs = providers()
     outcome = run("archive", stubs)
     assert outcome.status == "SUCCEEDED", outcome.details
     archive_call, record_call = stubs[COMPUTE].bodies
     assert archive_call["tasks"][0]["function_id"] == F_ARCHIVE
-    assert archive_call["tasks"][0]["kwargs"]["hpss_dir"] == "/home/a/als/bl402/raw"
-    manifest = record_call["tasks"][0]["kwargs"]["manifest"]
-    assert manifest[0]["tape_path"].endswith("P1_2026-11-25_ab12cd.tar")
-    assert outcome.output["scicat"]["details"]["result"][0] == {
-        "updated": ["pid-1"],
-        "unchanged": [],
+    assert archive_call["tasks"][0]["kwargs"] == {
+        "beamline": "bl402",
+        "cfs_root": "/global/cfs/als/4.0.2/raw",
+        "files": INPUTS["archive"]["files"],
+        "hpss_dir": "/home/a/als/bl402/raw",
+        "archive_name": "P1_2026-11-25_ab12cd",
+        "options": INPUTS["archive"]["hpss"]["options"],
+    }
+    assert record_call["tasks"][0]["kwargs"] == {
+        "beamline": "bl402",
+        "cfs_root": "/global/cfs/als/4.0.2/raw",
+        "hpss_dir": "/home/a/als/bl402/raw",
+        "files": INPUTS["archive"]["files"],
+        "archive": {
+            "sent": 1,
+            "skipped": 0,
+            "archives": ["/home/a/als/bl402/raw/P1/P1_2026-11-25_ab12cd.tar"],
+            "where": [0],
+            "changed": [],
+        },
     }
 
 
-def test_prune_succeeds_and_deletes_exactly_the_verified_list() -> None:
-    stubs = providers()
-    outcome = run("prune", stubs)
+def _prune_input(files: list[dict[str, Any]], location: str = "compute_dtn") -> dict[str, Any]:
+    document = json.loads(json.dumps(INPUTS["prune"]))
+    document["target"]["files"] = files
+    if location == "cfs":
+        document["location"] = "cfs"
+        document["target"]["root"] = "/global/cfs/als/4.0.2/raw"
+        document["safe"] = {"root": "/home/a/als/bl402/raw", "archives": ["/home/a/als/x.tar"]}
+        document["verify"]["function_id"] = F_TAPE
+    return document
+
+
+def test_prune_deletes_exactly_what_is_safe_and_unchanged_and_reports_the_rest() -> None:
+    files = [prune_file(f"P1/f{i}.h5") for i in range(5)]
+    stubs = providers(
+        kept=[{"i": 1, "reason": "checksum_differs", "detail": "CFS copy ab12"}],
+        targets={
+            "/data/bl402/P1/f2.h5": ("file", 124, MTIME),  # grew since it was recorded
+            "/data/bl402/P1/f3.h5": None,  # gone
+            "/data/bl402/P1/f4.h5": ("file", 123, "2026-11-25 12:00:01+00:00"),  # rewritten
+        },
+    )
+    outcome = run("prune", stubs, _prune_input(files))
     assert outcome.status == "SUCCEEDED", outcome.details
+    # The unsafe file is never even looked at; every other target is stat'ed once.
+    assert [b["path"] for b in stubs[STAT].bodies] == [
+        "/data/bl402/P1/f0.h5",
+        "/data/bl402/P1/f2.h5",
+        "/data/bl402/P1/f3.h5",
+        "/data/bl402/P1/f4.h5",
+    ]
     assert stubs[DELETE].bodies == [
         {
             "endpoint": DTN,
             "recursive": False,
-            "DATA": [{"path": "/data/bl402/P1/scan.h5"}],
+            "ignore_missing": True,
+            "DATA": [{"path": "/data/bl402/P1/f0.h5"}],
+            "deadline": DEADLINE,
+            "notify_on_succeeded": False,
             "label": "run-0001",
         }
     ]
+    check = outcome.output["check"]
+    assert (check["delete"], check["changed"], check["gone"]) == ([0], [2, 4], [3])
+    assert outcome.output["verification"]["details"]["result"][0]["kept"] == [
+        {"i": 1, "reason": "checksum_differs", "detail": "CFS copy ab12"}
+    ]
+    assert outcome.output["summary"] == {
+        "deleting": 1,
+        "kept_changed": 2,
+        "kept_gone": 1,
+        "kept_unsafe": 1,
+    }
+
+
+def test_a_target_that_became_a_directory_is_kept() -> None:
+    stubs = providers(targets={"/data/bl402/P1/scan.h5": ("dir", 123, MTIME)})
+    outcome = run("prune", stubs)
+    assert outcome.status == "SUCCEEDED"
+    assert outcome.output["check"]["changed"] == [0] and stubs[DELETE].bodies == []
+
+
+def test_cfs_prune_asks_the_tape_verifier_with_the_archives() -> None:
+    stubs = providers()
+    outcome = run("prune", stubs, _prune_input([prune_file("P1/a.h5", archive=0)], "cfs"))
+    assert outcome.status == "SUCCEEDED", outcome.details
+    (call,) = stubs[COMPUTE].bodies
+    assert call["tasks"][0]["function_id"] == F_TAPE
+    assert call["tasks"][0]["kwargs"] == {
+        "target_root": "/global/cfs/als/4.0.2/raw",
+        "safe_root": "/home/a/als/bl402/raw",
+        "files": [prune_file("P1/a.h5", archive=0)],
+        "archives": ["/home/a/als/x.tar"],
+    }
+    assert stubs[DELETE].bodies[0]["DATA"] == [{"path": "/global/cfs/als/4.0.2/raw/P1/a.h5"}]
+
+
+def test_nothing_verified_deletes_nothing() -> None:
+    stubs = providers(kept=[{"i": 0, "reason": "missing", "detail": ""}])
+    outcome = run("prune", stubs)
+    assert outcome.status == "SUCCEEDED"
+    assert outcome.output["summary"]["deleting"] == 0 and "delete" not in outcome.output
+    assert stubs[STAT].bodies == [] and stubs[DELETE].bodies == []
 
 
 # Every Action's Catch reaches its Fail state:
-# (flow, failing provider, which call of it fails, expected Fail state)
+# (flow, failing provider, which call of it fails, expected Fail state, input)
 CATCH_PATHS = [
-    ("new_file", TRANSFER, 1, "TransferFailed"),
-    ("new_file", STAT, 1, "StatFailed"),
-    ("new_file", COMPUTE, 1, "IngestFailed"),
-    ("archive", COMPUTE, 1, "ArchiveFailed"),
-    ("archive", COMPUTE, 2, "RecordFailed"),
-    ("prune", COMPUTE, 1, "VerificationFailed"),
-    ("prune", DELETE, 1, "DeleteFailed"),
+    ("new_file", TRANSFER, 1, "TransferFailed", None),
+    ("new_file", STAT, 1, "StatFailed", None),
+    ("new_file", COMPUTE, 1, "IngestFailed", None),
+    ("archive", COMPUTE, 1, "ArchiveFailed", None),
+    ("archive", COMPUTE, 2, "RecordFailed", None),
+    ("prune", COMPUTE, 1, "VerificationFailed", None),
+    ("prune", COMPUTE, 1, "VerificationFailed", "cfs"),
+    ("prune", STAT, 1, "StatUnavailable", None),
+    ("prune", DELETE, 1, "DeleteFailed", None),
 ]
 
 
@@ -350,12 +474,24 @@ class FailNth(StubProvider):
         return super().run(body, ctx)
 
 
-@pytest.mark.parametrize("how", ["failed", "unable"])
-@pytest.mark.parametrize(("name", "url", "nth", "fail_state"), CATCH_PATHS)
-def test_catch_reaches_fail_state(name: str, url: str, nth: int, fail_state: str, how: str) -> None:
+# A FAILED prune stat is recorded, not raised (ExceptionOnActionFailure: false): only an
+# action that cannot run at all reaches StatUnavailable.
+CATCH_CASES = [
+    (*path, how)
+    for path in CATCH_PATHS
+    for how in ("failed", "unable")
+    if not (path[3] == "StatUnavailable" and how == "failed")
+]
+
+
+@pytest.mark.parametrize(("name", "url", "nth", "fail_state", "variant", "how"), CATCH_CASES)
+def test_catch_reaches_fail_state(
+    name: str, url: str, nth: int, fail_state: str, variant: str | None, how: str
+) -> None:
     stubs = providers()
     stubs[url] = FailNth(stubs[url], nth, how)
-    outcome = run(name, stubs)
+    flow_input = _prune_input([prune_file("P1/a.h5", archive=0)], variant) if variant else None
+    outcome = run(name, stubs, flow_input)
     assert outcome.status == "FAILED"
     assert outcome.details["code"] == "FlowFailed"
     assert outcome.details["state_name"] == fail_state
@@ -368,7 +504,7 @@ def test_catch_reaches_fail_state(name: str, url: str, nth: int, fail_state: str
 
 
 def test_every_action_state_has_a_catch_path_tested() -> None:
-    tested = {(name, state) for name, _, _, state in CATCH_PATHS}
+    tested = {(name, state) for name, _, _, state, _ in CATCH_PATHS}
     for name in INPUTS:
         states = load(name)["definition"]["States"]
         for spec in states.values():
@@ -383,12 +519,14 @@ def test_size_mismatch_reaches_fail_state() -> None:
     assert "ingest" not in outcome.output
 
 
-@pytest.mark.parametrize("all_verified", [False, None, "true"])
-def test_prune_not_verified_deletes_nothing(all_verified: Any) -> None:
-    stubs = providers(all_verified=all_verified)
-    outcome = run("prune", stubs)
-    assert outcome.details["state_name"] == "NotVerified"
-    assert stubs[DELETE].bodies == []
+def test_an_unknown_location_deletes_nothing() -> None:
+    """The schema refuses it; the definition refuses it too (run-local of a crafted input)."""
+    flow_input = _prune_input([prune_file("P1/a.h5")])
+    flow_input["location"] = "elsewhere"
+    stubs = providers()
+    outcome = run("prune", stubs, flow_input)
+    assert outcome.details["state_name"] == "UnknownLocation"
+    assert stubs[COMPUTE].bodies == [] and stubs[DELETE].bodies == []
 
 
 @pytest.mark.parametrize("name", sorted(INPUTS))
@@ -397,5 +535,5 @@ def test_unwrapped_document_fails_with_the_missing_path_named(name: str) -> None
     clock = FakeClock()
     outcome = Engine(providers(), sleep=clock.sleep, now=clock.now).run(definition, INPUTS[name])
     assert outcome.status == "FAILED"
-    assert outcome.code == "ParameterPathError"
-    assert "'$.input." in outcome.details["description"]
+    assert outcome.code in ("ParameterPathError", "ChoicePathError")
+    assert "$.input." in outcome.details["description"]
