@@ -180,6 +180,12 @@ def test_batch_limits_agree_with_the_schemas(config: Config) -> None:
     assert archive["files"]["maxItems"] == ARCHIVE_MAX_FILES == 200
     assert prune["target"]["properties"]["files"]["maxItems"] == PRUNE_MAX_FILES == 200
     assert prune["safe"]["properties"]["archives"]["maxItems"] == PRUNE_MAX_ARCHIVES == 50
+    # The watcher refuses a path the batch flows could not carry (routing.REL_MAX).
+    from dichroism_control.routing import REL_MAX
+
+    item = prune["target"]["properties"]["files"]["items"]["properties"]["path"]
+    assert item["maxLength"] == REL_MAX == 240
+    assert archive["files"]["items"]["properties"]["path"]["maxLength"] == REL_MAX
 
 
 def test_checksum_is_canonical() -> None:

@@ -598,7 +598,7 @@ prune = {
                     "archives": {
                         "type": "array",
                         "maxItems": ARCHIVES_MAX,
-                        "items": {**ABS_PATH, "maxLength": 1024},
+                        "items": {**ABS_PATH, "maxLength": 512},
                     },
                 },
                 required=["root"],
