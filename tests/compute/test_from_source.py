@@ -245,7 +245,7 @@ def test_scicat_http_path_registered_whole(tmp_path: Path, scicat: FakeSciCat) -
     added = registered("scicat", "scicat_add_location")(**location)
     assert added == {"updated": 1, "unchanged": 0, "missing": 0}
     scicat.fail["post-datablocks"] = (500, f"boom {TOKEN}")
-    with pytest.raises(RuntimeError) as caught:
+    with pytest.raises(RuntimeError, match="scicat_add_location failed") as caught:
         registered("scicat", "scicat_add_location")(
             **{**location, "archive": {"archives": ["/hpss/P1/y.tar"], "where": [0]}}
         )

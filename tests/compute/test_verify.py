@@ -330,7 +330,7 @@ def test_verifiers_refuse_an_empty_batch(verify: str, tmp_path: Path) -> None:
 
 def test_refusal_names_the_first_twenty_and_counts_the_rest(cfs: Cfs) -> None:
     files = [{**GOOD, "path": f"/abs/f{i:02d}.h5"} for i in range(25)]
-    with pytest.raises(RuntimeError) as info:
+    with pytest.raises(RuntimeError, match="refused") as info:
         verify_cfs(cfs, files)
     text = str(info.value)
     assert text.startswith("25 of 25 file(s) refused (nothing was checked): #0 '/abs/f00.h5'")
