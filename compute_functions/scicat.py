@@ -9,20 +9,24 @@ h5py imported lazily inside functions, and nothing from this project.
 
 Both functions share one small catalogue interface (``_open_catalogue``):
 
-* **SciCat** (``SCICAT_URL`` = ``https://.../api/v3``): pyscicat's ``ScicatClient`` for
-  ``datasets_create`` / ``datasets_origdatablock_create`` / ``datasets_origdatablocks_get_one``
-  and plain ``requests`` with the same bearer token for what pyscicat 0.4.8 lacks
-  (``GET /Datasets?filter=...`` with proper URL encoding, ``GET|POST
-  /Datasets/{pid}/datablocks``). Credentials: ``SCICAT_TOKEN``, or ``SCICAT_TOKEN_FILE``,
-  or ``SCICAT_USERNAME`` + ``SCICAT_PASSWORD`` (pyscicat's login), from the endpoint's
-  environment only. They never appear in results, exceptions or log records: each call
-  collects the credentials it sees in its own ``secrets`` list, which ``_scrub`` removes
-  from error text.
+* **SciCat** (``SCICAT_URL`` = ``https://.../api/v3``): pyscicat 0.4.8 where it has the
+  call (``get_token`` login, ``datasets_create``, ``datasets_origdatablocks_get_one``) and
+  plain ``requests`` with the same bearer token for the rest: ``GET /Datasets?filter=...``
+  (proper URL encoding), ``POST /Datasets/{pid}/origdatablocks`` (pyscicat's model types
+  ``chkAlg`` as an int; SciCat takes ``"md5"``), ``PATCH /OrigDatablocks/{id}`` and
+  ``PATCH /Datasets/{pid}`` (pyscicat has no datablock update, and its ``datasets_update``
+  re-sends a whole Dataset model), ``GET|POST /Datasets/{pid}/datablocks``. Credentials:
+  ``SCICAT_TOKEN``, or ``SCICAT_TOKEN_FILE``, or ``SCICAT_USERNAME`` + ``SCICAT_PASSWORD``
+  (pyscicat's login), from the endpoint's environment only. They never appear in results,
+  exceptions or log records: each call collects the credentials it sees in its own
+  ``secrets`` list, which ``_scrub`` removes from error text, and pyscicat's and the HTTP
+  stack's loggers are silenced for the call (pyscicat logs a failed login's answer, which
+  can echo the password, and sends the token in every URL, which urllib3 logs).
 * **Local stand-in** (``SCICAT_URL`` = ``sqlite:///abs/path/catalogue.sqlite``): NOT
   SciCat. An SQLite file for the offline local demo, storing the same record shapes
   (SciCat field names) as JSON documents in three tables: ``datasets(pid, source_folder,
   dataset_name, doc)``, ``origdatablocks(id, dataset_pid, doc)`` and ``datablocks(id,
-  dataset_pid, archive_id, doc)``. Results then say ``"catalogue": "local stand-in"``.
+  dataset_pid, archive_id, doc)``.
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ import re
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from typing import Any
-from urllib.parse import quote, urlsplit
+from typing import Any, TypeGuard
+from urllib.parse import quote, quote_plus, urlsplit
 
 
 def scicat_ingest(
@@ -48,9 +52,10 @@ def scicat_ingest(
     size: int,
     proposal: str | None,
     metadata: dict[str, object],
-    checksum: str | None = None,
+    checksum: str,
+    version: int,
 ) -> dict[str, object]:
-    """Register one scan (a file on CFS) as a SciCat raw dataset with its OrigDatablock.
+    """Register one scan (a file on CFS) as a SciCat raw dataset, or record its new version.
 
     The dataset: ``sourceFolder`` = dirname(file_path), ``datasetName`` = basename,
     ``creationLocation`` = ``/ALS/<beamline>``, owner/groups/instrument/PI/contact from
@@ -59,23 +64,26 @@ def scicat_ingest(
     ``creationTime`` = the file's mtime (ISO, UTC) and ``scientificMetadata`` read
     cheaply from the file (HDF5 root attributes and a few dataset shapes when h5py is
     importable; ``#``/``key: value``/``key = value`` headers of text files; otherwise
-    basic file facts). The OrigDatablock lists the file with size, time and ``chk`` when
-    ``checksum`` is given (``"md5:<hex>"`` or ``"<hex>"``).
+    basic file facts) plus ``file_versions``: ``[{"version", "checksum", "size",
+    "recorded"}]``. Its OrigDatablock (``chkAlg`` = ``"md5"``) lists the file with size,
+    time and ``chk`` = ``checksum`` (MD5 hex recorded at detection).
 
-    Idempotent: an existing dataset with the same sourceFolder + datasetName is reused;
-    if it already has an OrigDatablock nothing is created.
+    ``version`` (>= 1) is the n-th distinct content seen at this path. A newer version of
+    a known dataset makes SciCat point at the new content: the OrigDatablock's file entry
+    gets the new size/chk (``PATCH /OrigDatablocks/{id}``), the dataset the new ``size``
+    and the version appended to ``file_versions`` (``PATCH /Datasets/{pid}``). An older
+    version arriving late is only added to ``file_versions``. The same version again is a
+    no-op; the same version with another checksum is refused (raise).
 
-    Returns ``{"pid", "created": bool, "dataset_name", "source_folder",
-    "origdatablock_created": bool, "catalogue": "scicat" | "local stand-in"}``.
-    Raises ``RuntimeError`` (credentials scrubbed) on any failure.
+    Returns ``{"pid", "created": bool, "updated": bool, "dataset_name",
+    "source_folder"}``. Raises ``RuntimeError`` (credentials scrubbed) on any failure.
     """
     secrets: list[str] = []  # credentials seen by this call, scrubbed from errors
     try:
-        from pyscicat.model import CreateDatasetOrigDatablockDto, DataFile, RawDataset
-
         if not isinstance(file_path, str) or not file_path.startswith("/"):
             raise RuntimeError(f"file_path must be an absolute path: {file_path!r}")
         file_path = posixpath.normpath(file_path)
+        _check_file_facts(file_path, size, checksum, version)
         required = (
             "instrument_id",
             "owner_group",
@@ -87,27 +95,25 @@ def scicat_ingest(
         missing = [k for k in required if k not in (metadata or {})]
         if missing:
             raise RuntimeError(f"metadata is missing {', '.join(missing)}")
-        try:
-            st = os.stat(file_path)
-        except FileNotFoundError:
-            raise RuntimeError(f"{file_path} does not exist") from None
-        if not os.path.isfile(file_path):
-            raise RuntimeError(f"{file_path} is not a regular file")
-        if st.st_size != size:
-            raise RuntimeError(f"{file_path}: size differs (on disk {st.st_size}, expected {size})")
+        groups = metadata["access_groups"]
+        if not isinstance(groups, list):
+            raise RuntimeError("metadata.access_groups must be a list of group names")
         source_folder = posixpath.dirname(file_path)
         dataset_name = posixpath.basename(file_path)
-        mtime = datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC)
-        when = mtime.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        record = {"version": version, "checksum": checksum, "size": size, "recorded": _now()}
 
         with _catalogue(secrets) as cat:
             existing = _find_dataset(cat, file_path)
-            created = existing is None
             if existing is None:
+                from pyscicat.model import RawDataset
+
+                st, when = _file_on_disk(file_path, size)
+                scientific = _scientific_metadata(file_path, st)
+                scientific["file_versions"] = [record]
                 keywords = [beamline] + ([proposal] if proposal else [])
                 dataset = RawDataset(
                     ownerGroup=metadata["owner_group"],
-                    accessGroups=list(metadata["access_groups"]),
+                    accessGroups=[str(g) for g in groups],
                     owner=metadata["owner"],
                     contactEmail=metadata["contact_email"],
                     principalInvestigator=metadata["principal_investigator"],
@@ -121,23 +127,15 @@ def scicat_ingest(
                     numberOfFiles=1,
                     creationTime=when,
                     keywords=keywords,
-                    scientificMetadata=_scientific_metadata(file_path, st),
+                    scientificMetadata=scientific,
                 )
                 pid = cat.create_dataset(dataset)
+                cat.create_origdatablock(pid, _origdatablock(dataset_name, size, when, checksum))
+                created, updated = True, False
             else:
                 pid = str(existing["pid"])
-            odb_created = False
-            if not cat.origdatablocks(pid):
-                chk = None
-                if checksum:
-                    chk = checksum.split(":", 1)[1] if ":" in checksum else checksum
-                dto = CreateDatasetOrigDatablockDto(
-                    size=size,
-                    dataFileList=[DataFile(path=dataset_name, size=size, time=when, chk=chk)],
-                )
-                cat.create_origdatablock(pid, dto)
-                odb_created = True
-            label = cat.label
+                created = False
+                updated = _record_version(cat, existing, file_path, record)
     except Exception as exc:
         raise RuntimeError(
             _scrub(f"scicat_ingest failed for {file_path}: {exc}", secrets)
@@ -145,115 +143,315 @@ def scicat_ingest(
     return {
         "pid": pid,
         "created": created,
-        "origdatablock_created": odb_created,
+        "updated": updated,
         "dataset_name": dataset_name,
         "source_folder": source_folder,
-        "catalogue": label,
     }
 
 
-def scicat_add_location(*, beamline: str, manifest: list[dict[str, object]]) -> dict[str, object]:
+def scicat_add_location(
+    *,
+    beamline: str,
+    cfs_root: str,
+    hpss_dir: str,
+    files: list[dict[str, object]],
+    archive: dict[str, object],
+) -> dict[str, object]:
     """Record the verified tape location of each archived file on its SciCat dataset.
 
-    For every manifest entry of ``hpss_archive`` (``path``, ``cfs_path``, ``size``,
-    ``tape_path``, ``member``) the dataset is found as scicat_ingest does (sourceFolder =
-    dirname(cfs_path), datasetName = basename) and gets a Datablock (``POST
-    /api/v3/Datasets/{pid}/datablocks``) with ``archiveId`` = ``tape_path`` for a single
-    file or ``tape_path:member`` for an htar member, ``size`` = ``packedSize`` = file
-    size, ``version`` and ``dataFileList`` (member path or file name, size). Idempotent:
-    a dataset that already has a datablock with that archiveId is left unchanged.
+    ``files`` is hpss_archive's input list (``path`` relative to ``cfs_root``, ``size``,
+    ``checksum``, ``version``), ``archive`` its result. File ``i`` with
+    ``archive["where"][i]`` = -1 is a single at ``{hpss_dir}/{rel}`` (version 1) or
+    ``{hpss_dir}/{rel}@v{version}``; with ``k`` >= 0 it is member ``rel`` of
+    ``archive["archives"][k]``; ``None`` (not archived) is skipped. Its dataset (found as
+    scicat_ingest makes it: sourceFolder = ``{cfs_root}/{dirname(rel)}``, datasetName =
+    basename) gets a Datablock (``POST /Datasets/{pid}/datablocks``) with ``archiveId``
+    = the single's tape path or ``<archive>:<member>``, ``size`` = ``packedSize``,
+    ``chkAlg`` = ``"md5"`` and one file entry with ``chk`` = the version's checksum, so
+    each tape copy says which content it holds. Idempotent: a dataset that already has a
+    datablock with that archiveId is left unchanged.
 
-    All datasets are looked up first: if any is missing, raises ``RuntimeError`` naming the
-    files and nothing is written. Returns ``{"updated": [pid], "unchanged": [pid],
-    "catalogue": "scicat" | "local stand-in"}``.
+    Returns counts only: ``{"updated": n, "unchanged": n, "missing": n}`` (files whose
+    dataset was not found are counted in ``missing`` and skipped). Raises
+    ``RuntimeError`` on malformed input or any SciCat failure.
     """
     secrets: list[str] = []  # credentials seen by this call, scrubbed from errors
-    updated: list[str] = []
-    unchanged: list[str] = []
+    updated = unchanged = missing = 0
     try:
-        if not isinstance(manifest, list) or not manifest:
-            raise RuntimeError("manifest is empty: nothing to record")
-        for entry in manifest:
-            for key in ("cfs_path", "size", "tape_path"):
-                if not isinstance(entry, dict) or entry.get(key) in (None, ""):
-                    raise RuntimeError(f"manifest entry without {key}: {entry!r}")
+        locations = _tape_locations(cfs_root, hpss_dir, files, archive)
         with _catalogue(secrets) as cat:
-            found: list[tuple[dict[str, Any], dict[str, Any]]] = []
-            missing: list[str] = []
-            for entry in manifest:
-                cfs_path = posixpath.normpath(str(entry["cfs_path"]))
-                ds = _find_dataset(cat, cfs_path)
+            have: dict[str, set[str]] = {}
+            for loc in locations:
+                ds = _find_dataset(cat, loc["cfs_path"])
                 if ds is None:
-                    missing.append(cfs_path)
-                else:
-                    found.append((entry, ds))
-            if missing:
-                more = f" ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-                raise RuntimeError(
-                    f"no SciCat dataset for {len(missing)} archived file(s) (nothing was"
-                    f" recorded): {', '.join(missing[:20])}{more}"
-                )
-            for entry, ds in found:
-                pid = str(ds["pid"])
-                member = entry.get("member")
-                archive_id = str(entry["tape_path"]) + (f":{member}" if member else "")
-                size = int(entry["size"])
-                have = {b.get("archiveId") for b in cat.datablocks(pid)}
-                if archive_id in have:
-                    if pid not in unchanged and pid not in updated:
-                        unchanged.append(pid)
+                    missing += 1
                     continue
-                body = {
-                    "archiveId": archive_id,
-                    "size": size,
-                    "packedSize": size,
-                    "version": "dichroism-flows/1",
-                    "dataFileList": [
-                        {
-                            "path": str(member)
-                            if member
-                            else posixpath.basename(entry["cfs_path"]),
-                            "size": size,
-                            "time": datetime.datetime.now(datetime.UTC).isoformat(
-                                timespec="milliseconds"
-                            ),
-                        }
-                    ],
-                }
-                cat.create_datablock(pid, body)
-                if pid in unchanged:
-                    unchanged.remove(pid)
-                if pid not in updated:
-                    updated.append(pid)
-            label = cat.label
+                pid = str(ds["pid"])
+                if pid not in have:
+                    have[pid] = {str(b.get("archiveId")) for b in cat.datablocks(pid)}
+                if loc["archive_id"] in have[pid]:
+                    unchanged += 1
+                    continue
+                cat.create_datablock(
+                    pid,
+                    {
+                        "archiveId": loc["archive_id"],
+                        "size": loc["size"],
+                        "packedSize": loc["size"],
+                        "chkAlg": "md5",
+                        "version": "dichroism-flows/1",
+                        "dataFileList": [
+                            {
+                                "path": loc["file"],
+                                "size": loc["size"],
+                                "time": _now(),
+                                "chk": loc["checksum"],
+                            }
+                        ],
+                    },
+                )
+                have[pid].add(loc["archive_id"])
+                updated += 1
     except Exception as exc:
         raise RuntimeError(
             _scrub(f"scicat_add_location failed ({beamline}): {exc}", secrets)
         ) from None
-    return {"updated": updated, "unchanged": unchanged, "catalogue": label}
+    return {"updated": updated, "unchanged": unchanged, "missing": missing}
+
+
+# --- versions and locations --------------------------------------------------------------
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_file_facts(what: str, size: object, checksum: object, version: object) -> None:
+    problems = []
+    if not _is_int(size) or size < 0:
+        problems.append(f"size {size!r} is not an integer >= 0")
+    if not isinstance(checksum, str) or not _MD5_HEX.fullmatch(checksum):
+        problems.append("checksum is not 32 lowercase hex digits (MD5)")
+    if not _is_int(version) or version < 1:
+        problems.append(f"version {version!r} is not an integer >= 1")
+    if problems:
+        raise RuntimeError(f"{what}: {', '.join(problems)}")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds")
+
+
+def _file_on_disk(file_path: str, size: int) -> tuple[os.stat_result, str]:
+    """The file's stat and mtime (ISO, UTC); raises unless it is a regular file of ``size``."""
+    try:
+        st = os.stat(file_path)
+    except FileNotFoundError:
+        raise RuntimeError(f"{file_path} does not exist") from None
+    if not os.path.isfile(file_path):
+        raise RuntimeError(f"{file_path} is not a regular file")
+    if st.st_size != size:
+        raise RuntimeError(f"{file_path}: size differs (on disk {st.st_size}, expected {size})")
+    mtime = datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC)
+    return st, mtime.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _origdatablock(name: str, size: int, when: str, checksum: str) -> dict[str, Any]:
+    """OrigDatablock body for one file, shaped by pyscicat's model. pyscicat 0.4.8 types
+    ``chkAlg`` as an int while SciCat takes the algorithm's name, so it is added here."""
+    from pyscicat.model import CreateDatasetOrigDatablockDto, DataFile
+
+    dto = CreateDatasetOrigDatablockDto(
+        size=size, dataFileList=[DataFile(path=name, size=size, time=when, chk=checksum)]
+    )
+    body: dict[str, Any] = dto.model_dump(exclude_none=True, mode="json")
+    body["chkAlg"] = "md5"
+    return body
+
+
+def _record_version(
+    cat: _SqliteCatalogue | _HttpCatalogue,
+    dataset: dict[str, Any],
+    file_path: str,
+    record: dict[str, Any],
+) -> bool:
+    """Bring a known dataset up to ``record``'s version; True if anything was written."""
+    pid = str(dataset["pid"])
+    name = posixpath.basename(file_path)
+    scientific = dict(dataset.get("scientificMetadata") or {})
+    versions = [v for v in scientific.get("file_versions") or [] if isinstance(v, dict)]
+    known = {v.get("version"): v for v in versions}
+    same = known.get(record["version"])
+    if same is not None and same.get("checksum") != record["checksum"]:
+        raise RuntimeError(
+            f"{file_path}: version {record['version']} is already recorded with checksum"
+            f" {same.get('checksum')}, not {record['checksum']}; refusing to change it"
+        )
+    newest = max((v for v in known if _is_int(v)), default=0)
+    fields: dict[str, Any] = {}
+    if same is None:
+        scientific["file_versions"] = [*versions, record]
+        fields["scientificMetadata"] = scientific
+    if record["version"] < newest:
+        # an older version arriving late: history only, SciCat keeps the newest content
+        if fields:
+            cat.update_dataset(pid, fields)
+        return bool(fields)
+
+    _, when = _file_on_disk(file_path, record["size"])
+    body = _origdatablock(name, record["size"], when, record["checksum"])
+    wrote = False
+    current = None
+    for odb in cat.origdatablocks(pid):
+        entries = odb.get("dataFileList") or []
+        if any(isinstance(f, dict) and f.get("path") == name for f in entries):
+            current = odb
+            break
+    if current is None:
+        cat.create_origdatablock(pid, body)
+        wrote = True
+    else:
+        entry = next(
+            f for f in current["dataFileList"] if isinstance(f, dict) and f.get("path") == name
+        )
+        if entry.get("chk") != record["checksum"] or entry.get("size") != record["size"]:
+            # the datablock first: SciCat adjusts the dataset size by the datablock's change,
+            # then the absolute size below makes the result right either way
+            cat.update_origdatablock(pid, str(current.get("_id") or current.get("id")), body)
+            wrote = True
+    if dataset.get("size") != record["size"]:
+        fields["size"] = record["size"]
+    if fields:
+        cat.update_dataset(pid, fields)
+        wrote = True
+    return wrote
+
+
+def _tape_locations(
+    cfs_root: object, hpss_dir: object, files: object, archive: object
+) -> list[dict[str, Any]]:
+    """Where each archived file is on tape (archive id, file entry, size, checksum)."""
+    for value, what in ((cfs_root, "cfs_root"), (hpss_dir, "hpss_dir")):
+        if not isinstance(value, str) or not value.startswith("/") or ".." in value.split("/"):
+            raise RuntimeError(f"{what} must be an absolute path without '..': {value!r}")
+    cfs = posixpath.normpath(str(cfs_root))
+    hpss = posixpath.normpath(str(hpss_dir))
+    if not isinstance(files, list) or not files:
+        raise RuntimeError("files is empty: nothing to record")
+    archives = archive.get("archives") if isinstance(archive, dict) else None
+    where = archive.get("where") if isinstance(archive, dict) else None
+    if not isinstance(archives, list) or not isinstance(where, list) or len(where) != len(files):
+        raise RuntimeError(
+            "archive must be hpss_archive's result, with 'archives' and one 'where' per file"
+        )
+    for k, path in enumerate(archives):
+        if not isinstance(path, str) or not path.startswith(hpss.rstrip("/") + "/"):
+            raise RuntimeError(f"archive #{k} {path!r} is not inside hpss_dir {hpss}")
+    locations: list[dict[str, Any]] = []
+    refused: list[str] = []
+    for i, (item, w) in enumerate(zip(files, where, strict=True)):
+        if w is None:
+            continue
+        raw = item.get("path") if isinstance(item, dict) else None
+        rel = posixpath.normpath(raw) if isinstance(raw, str) else ""
+        if (
+            not rel
+            or rel == "."
+            or rel.startswith(("/", "../"))
+            or ".." in rel.split("/")
+            or "\x00" in rel
+            or "\n" in rel
+        ):
+            refused.append(f"#{i} {str(raw)[:200]!r}: not a safe relative path")
+            continue
+        try:
+            _check_file_facts(
+                f"#{i} {rel}", item.get("size"), item.get("checksum"), item.get("version")
+            )
+        except RuntimeError as exc:
+            refused.append(str(exc))
+            continue
+        if not _is_int(w) or not (w == -1 or 0 <= w < len(archives)):
+            refused.append(f"#{i} {rel}: where {w!r} is neither -1, null nor an archive index")
+            continue
+        version = item["version"]
+        if w == -1:
+            tape = f"{hpss}/{rel}" + (f"@v{version}" if version >= 2 else "")
+            archive_id, file_entry = tape, posixpath.basename(rel)
+        else:
+            archive_id, file_entry = f"{archives[w]}:{rel}", rel
+        locations.append(
+            {
+                "cfs_path": f"{cfs}/{rel}",
+                "archive_id": archive_id,
+                "file": file_entry,
+                "size": item["size"],
+                "checksum": item["checksum"],
+            }
+        )
+    if refused:
+        more = f"; ... and {len(refused) - 20} more" if len(refused) > 20 else ""
+        raise RuntimeError(
+            f"{len(refused)} of {len(files)} file(s) refused (nothing was recorded): "
+            + "; ".join(refused[:20])
+            + more
+        )
+    return locations
 
 
 # --- catalogue client -----------------------------------------------------------------
 def _scrub(text: str, secrets: list[str]) -> str:
-    """``text`` without the credentials in ``secrets`` (plain or URL-quoted) or in URLs."""
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-        text = text.replace(quote(secret, safe=""), "***")
+    """``text`` without the credentials in ``secrets`` (as they appear plain, URL-quoted,
+    JSON-escaped or in a bytes repr) and without tokens or passwords in URLs."""
+    forms: set[str] = set()
+    for secret in (s for s in secrets if s and len(s) >= 4):
+        forms |= {
+            secret,
+            quote(secret, safe=""),
+            quote_plus(secret),
+            json.dumps(secret)[1:-1],
+            repr(secret.encode())[2:-1],
+        }
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
     text = re.sub(r"(?i)(access_token|token|password)=[^&\s'\"]+", r"\1=***", text)
     return re.sub(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
 
 
+# pyscicat logs the server's answer to a failed login (which can echo the credentials) and
+# puts the token in every request URL, which urllib3 logs at DEBUG.
+_NOISY_LOGGERS = ("pyscicat", "urllib3", "urllib3.connectionpool", "requests")
+
+
+class _ScrubFilter(logging.Filter):
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = _scrub(record.getMessage(), self.secrets)
+        record.args = None
+        return True
+
+
 @contextlib.contextmanager
-def _quiet_transport() -> Iterator[None]:
-    """Keep urllib3's DEBUG request lines (they carry pyscicat's ?access_token=) out."""
-    logger = logging.getLogger("urllib3")
-    before = logger.level
-    if logger.getEffectiveLevel() < logging.INFO:
-        logger.setLevel(logging.INFO)
+def _quiet_transport(secrets: list[str]) -> Iterator[None]:
+    """Silence pyscicat's and the HTTP stack's loggers for the call; anything that still
+    gets through (a level lowered meanwhile) is scrubbed of ``secrets``."""
+    saved: list[tuple[logging.Logger, int]] = []
+    scrubber = _ScrubFilter(secrets)
+    for name in _NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level))
+        logger.setLevel(logging.CRITICAL + 1)
+        logger.addFilter(scrubber)
     try:
         yield
     finally:
-        logger.setLevel(before)
+        for logger, level in saved:
+            logger.setLevel(level)
+            logger.removeFilter(scrubber)
 
 
 class _SqliteCatalogue:
@@ -322,14 +520,32 @@ class _SqliteCatalogue:
         )
         return doc
 
-    def create_origdatablock(self, pid: str, model: Any) -> dict[str, Any]:
-        doc = self._belonging_to(pid, model.model_dump(exclude_none=True, mode="json"))
+    def create_origdatablock(self, pid: str, body: dict[str, Any]) -> dict[str, Any]:
+        doc = self._belonging_to(pid, dict(body))
         with self.db:
             self.db.execute(
                 "INSERT INTO origdatablocks (id, dataset_pid, doc) VALUES (?,?,?)",
                 (doc["_id"], pid, json.dumps(doc)),
             )
         return doc
+
+    def update_origdatablock(self, pid: str, oid: str, body: dict[str, Any]) -> dict[str, Any]:
+        docs = self._docs(
+            "SELECT doc FROM origdatablocks WHERE id = ? AND dataset_pid = ?", (oid, pid)
+        )
+        if not docs:
+            raise RuntimeError(f"origdatablock {oid} of {pid} not found in the local stand-in")
+        doc = {**docs[0], **body, "updatedAt": self._now()}
+        with self.db:
+            self.db.execute(
+                "UPDATE origdatablocks SET doc = ? WHERE id = ?", (json.dumps(doc), oid)
+            )
+        return doc
+
+    def update_dataset(self, pid: str, fields: dict[str, Any]) -> None:
+        doc = {**self._dataset(pid), **fields, "updatedAt": self._now()}
+        with self.db:
+            self.db.execute("UPDATE datasets SET doc = ? WHERE pid = ?", (json.dumps(doc), pid))
 
     def datablocks(self, pid: str) -> list[dict[str, Any]]:
         return self._docs("SELECT doc FROM datablocks WHERE dataset_pid = ? ORDER BY rowid", (pid,))
@@ -408,8 +624,19 @@ class _HttpCatalogue:
     def origdatablocks(self, pid: str) -> list[dict[str, Any]]:
         return list(self.client.datasets_origdatablocks_get_one(pid) or [])
 
-    def create_origdatablock(self, pid: str, model: Any) -> dict[str, Any]:
-        return dict(self.client.datasets_origdatablock_create(pid, model))
+    def create_origdatablock(self, pid: str, body: dict[str, Any]) -> dict[str, Any]:
+        # not pyscicat's datasets_origdatablock_create: its model cannot carry chkAlg="md5"
+        path = f"Datasets/{quote(pid, safe='')}/origdatablocks"
+        return dict(self._call("POST", path, json=body) or {})
+
+    def update_origdatablock(self, pid: str, oid: str, body: dict[str, Any]) -> dict[str, Any]:
+        # pyscicat 0.4.8 has no call for this; SciCat's PATCH also re-sums the dataset size
+        del pid  # the datablock id alone names it
+        return dict(self._call("PATCH", f"OrigDatablocks/{quote(oid, safe='')}", json=body) or {})
+
+    def update_dataset(self, pid: str, fields: dict[str, Any]) -> None:
+        # pyscicat's datasets_update PATCHes a whole Dataset model; send only what changes
+        self._call("PATCH", f"Datasets/{quote(pid, safe='')}", json=fields)
 
     def datablocks(self, pid: str) -> list[dict[str, Any]]:
         return list(self._call("GET", f"Datasets/{quote(pid, safe='')}/datablocks") or [])
@@ -441,7 +668,7 @@ def _open_catalogue(secrets: list[str]) -> _SqliteCatalogue | _HttpCatalogue:
 @contextlib.contextmanager
 def _catalogue(secrets: list[str]) -> Iterator[_SqliteCatalogue | _HttpCatalogue]:
     """The open catalogue (see ``_open_catalogue``), quiet transport, closed afterwards."""
-    with _quiet_transport():
+    with _quiet_transport(secrets):
         cat = _open_catalogue(secrets)
         try:
             yield cat

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -51,17 +52,29 @@ def tape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Tape:
     return Tape(root)
 
 
+def md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def item(rel: str, data: bytes, version: int = 1, **extra: Any) -> dict[str, Any]:
+    """A file item as the flows send it (path, size, checksum, version)."""
+    return {"path": rel, "size": len(data), "checksum": md5(data), "version": version, **extra}
+
+
 @dataclass
 class Cfs:
     root: Path
 
-    def write(self, rel: str, size: int | None = None, data: bytes | None = None) -> dict[str, Any]:
+    def write(
+        self, rel: str, size: int | None = None, data: bytes | None = None, version: int = 1
+    ) -> dict[str, Any]:
+        """Write ``{root}/{rel}`` and return its file item (checksum of what was written)."""
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if data is None:
             data = (rel.encode() * (1 + (size or 0) // max(len(rel), 1)))[: size or 0]
         path.write_bytes(data)
-        return {"path": rel, "size": len(data)}
+        return item(rel, data, version)
 
 
 @pytest.fixture
@@ -133,7 +146,8 @@ class FakeSciCat:
             body = json.loads(request.body)
             if body == {"username": self.username, "password": self.password}:
                 return 201, {"access_token": self.token, "id": self.token, "userId": "u1"}
-            return 401, {"statusCode": 401, "message": "Unauthorized"}
+            # some servers echo the rejected request; pyscicat logs and raises with it
+            return 401, {"statusCode": 401, "message": "Unauthorized", "request": body}
 
         return self._answer("login", request, handler)
 
@@ -171,6 +185,28 @@ class FakeSciCat:
 
         return self._answer("create", request, handler)
 
+    def patch_dataset(self, request: Any) -> tuple[int, dict[str, str], str]:
+        def handler() -> tuple[int, Any]:
+            pid = unquote(urlsplit(request.url).path.rsplit("/", 1)[1])
+            if pid not in self.datasets:
+                return 404, {"statusCode": 404, "message": "Dataset not found"}
+            self.datasets[pid].update(json.loads(request.body))
+            return 200, self.datasets[pid]
+
+        return self._answer("patch-dataset", request, handler)
+
+    def patch_origdatablock(self, request: Any) -> tuple[int, dict[str, str], str]:
+        def handler() -> tuple[int, Any]:
+            oid = unquote(urlsplit(request.url).path.rsplit("/", 1)[1])
+            for blocks in self.origdatablocks.values():
+                for block in blocks:
+                    if block["_id"] == oid:
+                        block.update(json.loads(request.body))
+                        return 200, block
+            return 404, {"statusCode": 404, "message": "Datablock not found"}
+
+        return self._answer("patch-origdatablocks", request, handler)
+
     def _sub(self, kind: str, store: dict[str, list[dict[str, Any]]], request: Any) -> Any:
         def handler() -> tuple[int, Any]:
             pid = self._pid(request)
@@ -184,6 +220,8 @@ class FakeSciCat:
                 need += ["archiveId", "packedSize", "version"]
             if any(k not in doc for k in need) or not doc["dataFileList"]:
                 return 400, {"statusCode": 400, "message": "invalid"}
+            if "chkAlg" in doc and not isinstance(doc["chkAlg"], str):
+                return 400, {"statusCode": 400, "message": ["chkAlg must be a string"]}
             doc.update(_id=str(uuid.uuid4()), datasetId=pid)
             store.setdefault(pid, []).append(doc)
             return 201, doc
@@ -195,6 +233,10 @@ class FakeSciCat:
         rsps.add_callback("POST", re.compile(b + r"/auth/login(\?.*)?$"), self.login)
         rsps.add_callback("GET", re.compile(b + r"/Datasets(\?.*)?$"), self.find)
         rsps.add_callback("POST", re.compile(b + r"/Datasets(\?.*)?$"), self.create)
+        rsps.add_callback("PATCH", re.compile(b + r"/Datasets/[^/?]+(\?.*)?$"), self.patch_dataset)
+        rsps.add_callback(
+            "PATCH", re.compile(b + r"/OrigDatablocks/[^/?]+(\?.*)?$"), self.patch_origdatablock
+        )
         for kind, store in (
             ("origdatablocks", self.origdatablocks),
             ("datablocks", self.datablocks),

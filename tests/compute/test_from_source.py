@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import HPSS_DIR, METADATA, TOKEN, Cfs, FakeSciCat, Tape, archive_options
+from .conftest import HPSS_DIR, METADATA, TOKEN, Cfs, FakeSciCat, Tape, archive_options, md5
 
 MODULES = Path(__file__).resolve().parents[2] / "compute_functions"
 PROJECT_PACKAGES = ("compute_functions", "dichroism_control", "tests")
@@ -90,29 +90,40 @@ def test_hpss_module_registered_whole(cfs: Cfs, tape: Tape, tmp_path: Path) -> N
         "archive_name": "P1_src",
         "options": archive_options(),
     }
-    verify_kwargs = {"target_root": "/t", "safe_root": HPSS_DIR, "files": files}
-    missing = [*files, {"path": "P1/none.h5", "size": 1}]
-    archived, verified, refused = run_registered(
+    tar = f"{HPSS_DIR}/P1/P1_src.tar"
+    prune = [{**files[0], "archive": 0}, {**files[1], "archive": -1}]
+    verify_kwargs = {
+        "target_root": str(cfs.root),
+        "safe_root": HPSS_DIR,
+        "files": prune,
+        "archives": [tar],
+    }
+    missing = [*prune, {**files[0], "path": "P1/none.h5", "archive": -1}]
+    archived, verified, unverified, refused = run_registered(
         "hpss",
         [
             ("hpss_archive", archive_kwargs),
             ("hpss_verify", verify_kwargs),
             ("hpss_verify", {**verify_kwargs, "files": missing}),
+            ("hpss_verify", {**verify_kwargs, "archives": ["/elsewhere/x.tar"]}),
         ],
         cwd=tmp_path,
     )
-    assert archived["result"]["sent"] == 2
-    assert {e["tape_path"] for e in archived["result"]["manifest"]} == {
-        f"{HPSS_DIR}/P1/P1_src.tar",
-        f"{HPSS_DIR}/P1/big.h5",
+    assert archived["result"] == {
+        "sent": 2,
+        "skipped": 0,
+        "archives": [tar],
+        "where": [0, -1],
+        "changed": [],
     }
-    assert verified["result"] == {
-        "all_verified": True,
-        "verified": 2,
-        "delete": [{"path": "/t/P1/a.h5"}, {"path": "/t/P1/big.h5"}],
-    }
+    assert verified["result"] == {"algorithm": "md5", "checked": 2, "safe": [0, 1], "kept": []}
+    assert unverified["result"]["safe"] == [0, 1]
+    assert unverified["result"]["kept"] == [
+        {"i": 2, "reason": "not_on_tape", "detail": f"nothing at {HPSS_DIR}/P1/none.h5"}
+    ]
     assert refused["error"] == (
-        f"1 of 3 file(s) not verified on tape under {HPSS_DIR}: P1/none.h5: missing on tape"
+        f"1 archive path(s) not inside safe_root {HPSS_DIR} (nothing was checked):"
+        " #0 '/elsewhere/x.tar'"
     )
 
 
@@ -123,14 +134,14 @@ def test_cfs_module_registered_whole(cfs: Cfs, tmp_path: Path) -> None:
         "cfs",
         [
             ("cfs_verify", kwargs),
-            ("cfs_verify", {**kwargs, "files": [{"path": "../x", "size": 1}]}),
+            ("cfs_verify", {**kwargs, "files": [{**files[0], "path": "../x"}]}),
         ],
         cwd=tmp_path,
     )
-    assert ok["result"] == {"all_verified": True, "verified": 1, "delete": [{"path": "/t/P1/a.h5"}]}
+    assert ok["result"] == {"algorithm": "md5", "checked": 1, "safe": [0], "kept": []}
     assert refused["error"] == (
         "1 of 1 file(s) refused (nothing was checked):"
-        " '../x': outside root (absolute, '..' or empty path)"
+        " #0 '../x': path outside root (absolute, '..', empty, NUL or newline)"
     )
 
 
@@ -140,7 +151,7 @@ def test_sdk_deserializer_runs_the_whole_module(cfs: Cfs, tmp_path: Path) -> Non
     files = [cfs.write("P1/a.h5", 10)]
     kwargs = {"target_root": "/t", "safe_root": str(cfs.root), "files": files}
     [ok] = run_registered("cfs", [("cfs_verify", kwargs)], cwd=tmp_path, loader="sdk")
-    assert ok["result"]["verified"] == 1
+    assert ok["result"]["safe"] == [0]
 
 
 def test_scicat_module_registered_whole(
@@ -151,37 +162,38 @@ def test_scicat_module_registered_whole(
     for name in ("SCICAT_TOKEN", "SCICAT_TOKEN_FILE", "SCICAT_USERNAME", "SCICAT_PASSWORD"):
         monkeypatch.delenv(name, raising=False)
     item = cfs.write("P1/scan.dat", data=b"# energy: 700 eV\n1 2\n")
-    path = f"{cfs.root}/P1/scan.dat"
     ingest = {
         "beamline": "bl402",
-        "file_path": path,
+        "file_path": f"{cfs.root}/P1/scan.dat",
         "size": item["size"],
         "proposal": "P1",
         "metadata": METADATA,
+        "checksum": item["checksum"],
+        "version": 1,
     }
-    manifest = [{**item, "cfs_path": path, "tape_path": "/hpss/P1/x.tar", "member": "P1/scan.dat"}]
+    location = {
+        "beamline": "bl402",
+        "cfs_root": str(cfs.root),
+        "hpss_dir": HPSS_DIR,
+        "files": [item],
+        "archive": {"archives": [f"{HPSS_DIR}/P1/x.tar"], "where": [0]},
+    }
     ingested, again, added, orphan = run_registered(
         "scicat",
         [
             ("scicat_ingest", ingest),
             ("scicat_ingest", ingest),
-            ("scicat_add_location", {"beamline": "bl402", "manifest": manifest}),
-            (
-                "scicat_add_location",
-                {"beamline": "bl402", "manifest": [{**manifest[0], "cfs_path": "/x/y"}]},
-            ),
+            ("scicat_add_location", location),
+            ("scicat_add_location", {**location, "files": [{**item, "path": "P2/none.dat"}]}),
         ],
         cwd=tmp_path,
     )
     pid = ingested["result"]["pid"]
     assert ingested["result"]["created"] is True
-    assert ingested["result"]["catalogue"] == "local stand-in"
-    assert again["result"]["created"] is False and again["result"]["pid"] == pid
-    assert added["result"] == {"updated": [pid], "unchanged": [], "catalogue": "local stand-in"}
-    assert orphan["error"] == (
-        "scicat_add_location failed (bl402): no SciCat dataset for 1 archived file(s)"
-        " (nothing was recorded): /x/y"
-    )
+    assert again["result"] == {**ingested["result"], "created": False, "updated": False}
+    assert added["result"] == {"updated": 1, "unchanged": 0, "missing": 0}
+    assert orphan["result"] == {"updated": 0, "unchanged": 0, "missing": 1}
+    assert pid.startswith("local/")
 
 
 @pytest.fixture
@@ -212,29 +224,30 @@ def test_scicat_http_path_registered_whole(tmp_path: Path, scicat: FakeSciCat) -
     path = tmp_path / "P1" / "scan.dat"
     path.parent.mkdir()
     path.write_bytes(b"# a: 1\n")
+    item = {"path": "P1/scan.dat", "size": 7, "checksum": md5(b"# a: 1\n"), "version": 1}
     ingested = registered("scicat", "scicat_ingest")(
         beamline="bl402",
         file_path=str(path),
-        size=path.stat().st_size,
+        size=7,
         proposal="P1",
         metadata=METADATA,
+        checksum=item["checksum"],
+        version=1,
     )
-    assert ingested["created"] is True and ingested["catalogue"] == "scicat"
-    manifest = [
-        {
-            "path": "P1/scan.dat",
-            "cfs_path": str(path),
-            "size": path.stat().st_size,
-            "tape_path": "/hpss/P1/x.tar",
-            "member": "P1/scan.dat",
-        }
-    ]
-    added = registered("scicat", "scicat_add_location")(beamline="bl402", manifest=manifest)
-    assert added["updated"] == [ingested["pid"]]
+    assert ingested["created"] is True
+    location = {
+        "beamline": "bl402",
+        "cfs_root": str(tmp_path),
+        "hpss_dir": "/hpss",
+        "files": [item],
+        "archive": {"archives": ["/hpss/P1/x.tar"], "where": [0]},
+    }
+    added = registered("scicat", "scicat_add_location")(**location)
+    assert added == {"updated": 1, "unchanged": 0, "missing": 0}
     scicat.fail["post-datablocks"] = (500, f"boom {TOKEN}")
-    with pytest.raises(RuntimeError) as caught:
+    with pytest.raises(RuntimeError, match="scicat_add_location failed") as caught:
         registered("scicat", "scicat_add_location")(
-            beamline="bl402", manifest=[{**manifest[0], "tape_path": "/hpss/P1/y.tar"}]
+            **{**location, "archive": {"archives": ["/hpss/P1/y.tar"], "where": [0]}}
         )
     assert "HTTP 500" in str(caught.value) and TOKEN not in str(caught.value)
 
