@@ -6,6 +6,7 @@ Prints the final run document (status, details.output). Exit 0 when the run SUCC
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -62,6 +63,8 @@ def run_local(
                 f"{input_file}: not valid JSON (line {exc.lineno}: {exc.msg})"
             ) from None
     config = _optional_config(state)
+    if config is not None:
+        document = _bound(document, config)
     run = run_document(
         document.definition,
         document.input_schema,
@@ -78,6 +81,29 @@ def run_local(
         raise DichroismError(
             f"run {run['status']}: {details.get('code')}: {details.get('description')}"
         )
+
+
+def _bound(document: Any, config: Any) -> Any:
+    """One of this deployment's flows (by name or by its definition) runs with its schema
+    bound to the configured roots and functions, as the service would run it: a crafted
+    input cannot pair a prune's target with the wrong safe copy or verifier here either."""
+    from dichroism_control.binding import specialise
+    from dichroism_control.definitions import checksum, load_all
+    from dichroism_control.deploy_state import Deployment
+
+    shipped = load_all(config.definitions_path)
+    name = next(
+        (
+            n
+            for n, d in shipped.items()
+            if n == document.name or checksum(d.definition) == checksum(document.definition)
+        ),
+        None,
+    )
+    if name is None:
+        return document
+    named = dataclasses.replace(document, name=name)
+    return specialise(named, config, functions=Deployment.resolve(config).functions)
 
 
 def _optional_config(state: Context) -> Any:
