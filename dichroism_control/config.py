@@ -37,6 +37,11 @@ FUNCTION_NAMES = (
 _PRINCIPAL_RE = re.compile(r"^urn:globus:(auth:identity|groups:id):[0-9a-fA-F-]{36}$")
 _SPECIAL_PRINCIPALS = {"public", "all_authenticated_users"}
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Globus Timers accepts a start at most one year after the timer is submitted (Timers
+# OpenAPI, `POST /jobs/`). A year is read as 365 days, and one day is kept for batching: a
+# prune batch collects a whole UTC day of scans and fires at its newest member's retention,
+# up to a day after its first member's.
+MAX_RETENTION_DAYS = 364
 
 Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 
@@ -231,6 +236,21 @@ class Config(Strict):
     local: Local = Local()
     # Set by load_config, not by the file: the directory relative paths resolve against.
     base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="after")
+    def _retention_bound(self) -> Config:
+        seconds_mode = self.lifecycle.retention_unit == "seconds"
+        limit = MAX_RETENTION_DAYS * 86400 if seconds_mode else MAX_RETENTION_DAYS
+        bound = f"{limit} seconds ({MAX_RETENTION_DAYS} days)" if seconds_mode else f"{limit} days"
+        for name, beamline in self.beamlines.items():
+            for location in ("compute_dtn", "cfs"):
+                if getattr(beamline.retention_days, location) > limit:
+                    raise ValueError(
+                        f"beamlines.{name}.retention_days.{location}: must be <= {bound}:"
+                        " Globus Timers refuses a schedule more than a year out, and a prune"
+                        " batch closes only at the end of its UTC day"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> Config:
