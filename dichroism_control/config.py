@@ -316,6 +316,19 @@ class Config(Strict):
                 found.append(f"globus.compute_endpoints.{key}")
         return found
 
+    def warnings(self) -> list[str]:
+        """Settings that validate but will hurt on the real service (one line each)."""
+        found: list[str] = []
+        if self.backend == "globus" and not self.globus.subscription_id:
+            # docs.globus.org/api/flows/limits: flows without a subscription expire after 30
+            # days, and a user may own only one such flow; we deploy three that live 180 days.
+            found.append(
+                "globus.subscription_id is not set: flows without a subscription expire after"
+                " 30 days and an identity may own only one such flow, so the three flows need"
+                " one (docs.globus.org/api/flows/limits)"
+            )
+        return found
+
     def require_real_ids(self) -> None:
         found = self.placeholders()
         if found:

@@ -57,3 +57,9 @@ class Context:
 
     def emit(self, data: Any, text: Callable[[Any], str] | None = None) -> None:
         emit(data, fmt=self.fmt, text=text)
+
+    def warn(self, message: str) -> None:
+        """One line on stderr, whatever the format (stdout stays one JSON document)."""
+        import sys
+
+        sys.stderr.write(f"dichroism: warning: {message}\n")

@@ -40,7 +40,10 @@ def validate(
             problems.extend(f"{name}: (service) {e}" for e in errors)
     placeholders = config.placeholders()
     report["placeholders"] = placeholders
+    report["warnings"] = config.warnings()
     report["valid"] = not problems
+    for warning in report["warnings"]:
+        state.warn(warning)
     state.emit(report, text=_text)
     if problems:
         raise DefinitionError(f"{len(problems)} problem(s) found")
