@@ -21,8 +21,19 @@ def build_backend(config: Config, *, timer_flow_ids: list[str] | None = None) ->
         local: Backend = LocalBackend(config)
         return local
     config.require_real_ids()
-    from dichroism_control.auth import build_app, credentials_from_env
+    from dichroism_control.auth import build_app, credentials_from_env, scope_requirements
+    from dichroism_control.deploy_state import Deployment
     from dichroism_control.globus_backend import GlobusBackend
 
-    app = build_app(credentials_from_env(), token_dir=config.state_path / "tokens")
+    # The whole scope plan (auth.scope_requirements), not only what each client asks for by
+    # default: the flows' user scopes must carry the mapped collections' data_access, and
+    # the Timers scope the prune flow's, before the first token is fetched.
+    plan = scope_requirements(
+        None,
+        flow_ids=Deployment.resolve(config).flows,
+        data_access=config.data_access_collections(),
+    )
+    app = build_app(
+        credentials_from_env(), token_dir=config.state_path / "tokens", scopes=plan.requirements
+    )
     return GlobusBackend(app, timer_flow_ids=timer_flow_ids)

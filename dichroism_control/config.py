@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -124,6 +125,26 @@ class GlobusSettings(Strict):
     notifications: Notifications = Notifications()
     # `public` / `all_authenticated_users` as flow_starters are refused unless this is true.
     allow_public_starters: bool = False
+    # GCSv5 mapped collections that the runs' Transfer steps touch need a `data_access`
+    # consent in the flow's scope (see auth.scope_requirements): endpoint names, or "all"
+    # (every endpoint a beamline uses as source or destination). Guest collections have no
+    # data_access scope: asking for one fails the login, so list only mapped collections.
+    data_access: list[str] | str = "all"
+
+    @field_validator("data_access", mode="before")
+    @classmethod
+    def _data_access_names(cls, value: Any, info: ValidationInfo) -> list[str] | str:
+        if value == "all":
+            return "all"
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"must be `all` or a list of endpoint names, not {value!r}")
+        known = info.data.get("endpoints") or {}
+        for name in value:
+            if name not in known:
+                raise ValueError(
+                    f"unknown endpoint {name!r} (known: {', '.join(sorted(known)) or 'none'})"
+                )
+        return value
 
     @field_validator("functions")
     @classmethod
@@ -297,6 +318,23 @@ class Config(Strict):
 
     def endpoint(self, name: str) -> Endpoint:
         return self.globus.endpoints[name]
+
+    def data_access_endpoints(self) -> list[str]:
+        """Names of the collections whose `data_access` consent the runs need, sorted.
+
+        `all` means every endpoint a beamline uses (the only collections our Transfer steps
+        touch). Placeholder ids are left out: there is no such scope to consent to yet.
+        """
+        selected = self.globus.data_access
+        if selected == "all":
+            names = {n for b in self.beamlines.values() for n in (b.source, b.destination)}
+        else:
+            names = set(selected)
+        return sorted(n for n in names if not self.endpoint(n).uuid.startswith(PLACEHOLDER_PREFIX))
+
+    def data_access_collections(self) -> list[str]:
+        """The collection ids of `data_access_endpoints()`, in the same order."""
+        return [self.endpoint(name).uuid for name in self.data_access_endpoints()]
 
     def beamline(self, name: str) -> Beamline:
         try:

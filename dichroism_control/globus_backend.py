@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from dichroism_control.backend import FlowSpec, RunRequest
 from dichroism_control.errors import (
+    AuthRequiredError,
     BackendError,
     PermanentBackendError,
     TransientBackendError,
@@ -52,6 +53,13 @@ def translate_error(exc: Exception) -> BackendError:
 
     if isinstance(exc, globus_sdk.GlobusAPIError):
         message = _api_error_message(exc)
+        if exc.http_status == 403 and _is_auth_requirement(exc):
+            # A Globus Auth requirements error (GARE: ConsentRequired, a session policy):
+            # a person must log in or consent; retrying the same token cannot help.
+            return AuthRequiredError(
+                f"{message}: Globus needs a new login or consent; run `dichroism login`"
+                " (a service client: `dichroism login --force`)"
+            )
         if exc.http_status == 429 or exc.http_status >= 500:
             retry_after = exc.headers.get("Retry-After") if exc.headers else None
             return TransientBackendError(
@@ -61,6 +69,12 @@ def translate_error(exc: Exception) -> BackendError:
     if isinstance(exc, globus_sdk.NetworkError):
         return TransientBackendError(f"network error: {type(exc).__name__}: {exc}")
     return BackendError(str(exc))
+
+
+def _is_auth_requirement(error: globus_sdk.GlobusAPIError) -> bool:
+    from globus_sdk.gare import is_gare
+
+    return is_gare(error)
 
 
 def translate_errors(call: Callable[..., T]) -> Callable[..., T]:

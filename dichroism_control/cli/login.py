@@ -60,7 +60,11 @@ def login(
             ),
         )
         return
-    plan = scope_requirements(None, flow_ids=state.deployment().flows)
+    plan = scope_requirements(
+        None,
+        flow_ids=state.deployment().flows,
+        data_access=state.config().data_access_collections(),
+    )
     app = build_app(credentials, token_dir=token_dir, scopes=plan.requirements)
     needed = force or app.login_required()
     app.login(force=force)
