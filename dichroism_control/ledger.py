@@ -113,6 +113,20 @@ CREATE TABLE IF NOT EXISTS run_failures (
 CREATE INDEX IF NOT EXISTS run_failures_subject ON run_failures(subject);
 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- Runs that need a person: the lifecycle saw them INACTIVE (a missing consent,
+-- ConsentRequired; a collection that wants a new login, ...). An INACTIVE run is never
+-- progress: it waits until someone acts (`dichroism login`, then resume it in the web app).
+-- The row goes once the run is seen in any other status. See `Ledger.waiting_runs`.
+CREATE TABLE IF NOT EXISTS runs_waiting (
+    run_id TEXT PRIMARY KEY,
+    flow TEXT NOT NULL,                 -- new_file, archive, prune
+    subject TEXT NOT NULL,              -- scan:<id>, group:<id>, batch:<key>
+    since REAL NOT NULL,                -- first seen INACTIVE
+    seen_at REAL NOT NULL,              -- last seen INACTIVE
+    code TEXT,                          -- the run document's details.code
+    reason TEXT NOT NULL                -- details.code: details.description
+);
 """
 
 
@@ -136,6 +150,18 @@ class Scan:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Scan:
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class WaitingRun:
+    """A run the lifecycle saw INACTIVE: it needs a person, not time."""
+
+    run_id: str
+    kind: str  # the flow: new_file, archive, prune
+    subject: str  # scan:<id>, group:<id>, batch:<key>
+    since: float  # when the lifecycle first saw it INACTIVE (POSIX time)
+    code: str | None  # details.code of the run document, e.g. ConsentRequired
+    reason: str  # "code: description", one line
 
 
 class Database:
@@ -291,6 +317,59 @@ class Ledger(Database):
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
+
+    # -- runs that need a person -----------------------------------------------------------
+    @staticmethod
+    def record_waiting(
+        conn: sqlite3.Connection,
+        *,
+        run_id: str,
+        flow: str,
+        subject: str,
+        code: str | None,
+        reason: str,
+        now: float,
+    ) -> None:
+        """Note a run seen INACTIVE (inside the caller's transaction); keeps its `since`."""
+        conn.execute(
+            "INSERT INTO runs_waiting (run_id, flow, subject, since, seen_at, code, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET"
+            " seen_at = excluded.seen_at, code = excluded.code, reason = excluded.reason",
+            (run_id, flow, subject, now, now, code, reason),
+        )
+
+    @staticmethod
+    def clear_waiting(conn: sqlite3.Connection, run_ids: list[str]) -> int:
+        """Forget runs seen in another status than INACTIVE; returns how many were waiting."""
+        cleared = 0
+        for start in range(0, len(run_ids), _SQL_CHUNK):
+            chunk = run_ids[start : start + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cleared += conn.execute(
+                f"DELETE FROM runs_waiting WHERE run_id IN ({marks})", tuple(chunk)
+            ).rowcount
+        return cleared
+
+    def waiting_runs(self) -> list[WaitingRun]:
+        """Runs waiting for a person, oldest first: what `status` shows as needing action.
+
+        Each is a run the lifecycle loop last saw INACTIVE (id, the flow it belongs to, the
+        scan, archive group or prune batch it serves, since when, and why: the run
+        document's `details.code` and `description`, e.g. `ConsentRequired: ...`). The list
+        is as fresh as the last lifecycle pass; a run leaves it when a pass sees it in any
+        other status.
+        """
+        return [
+            WaitingRun(
+                run_id=row["run_id"],
+                kind=row["flow"],
+                subject=row["subject"],
+                since=float(row["since"]),
+                code=row["code"],
+                reason=row["reason"],
+            )
+            for row in self.query("SELECT * FROM runs_waiting ORDER BY since, run_id")
+        ]
 
 
 _SCAN_COLUMNS = {

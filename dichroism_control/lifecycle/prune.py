@@ -81,6 +81,7 @@ class PruneBatches(Step):
             return
         row = rows[0]
         status = run.get("status")
+        self.note_waiting("prune", [(run, f"batch:{row['batch']}")], summary)
         with self.ledger.transaction() as conn:
             if status not in FINAL_STATUSES:
                 # The timer fired: the batch is scheduled whatever the ledger said before.
