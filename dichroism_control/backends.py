@@ -13,8 +13,14 @@ if TYPE_CHECKING:
     from dichroism_control.config import Config
 
 
-def build_backend(config: Config, *, timer_flow_ids: list[str] | None = None) -> Backend:
-    """The backend the config asks for. Refuses placeholder ids before any network call."""
+def build_backend(
+    config: Config, *, timer_flow_ids: list[str] | None = None, interactive: bool = True
+) -> Backend:
+    """The backend the config asks for. Refuses placeholder ids before any network call.
+
+    `interactive=False` (the watcher, the lifecycle loop, no terminal): the Globus app never
+    starts a login itself; an auth requirement is an `AuthRequiredError` (auth.build_app).
+    """
     if config.backend == "local":
         from dichroism_control.local.backend import LocalBackend
 
@@ -34,6 +40,9 @@ def build_backend(config: Config, *, timer_flow_ids: list[str] | None = None) ->
         data_access=config.data_access_collections(),
     )
     app = build_app(
-        credentials_from_env(), token_dir=config.state_path / "tokens", scopes=plan.requirements
+        credentials_from_env(),
+        token_dir=config.state_path / "tokens",
+        scopes=plan.requirements,
+        interactive=interactive,
     )
     return GlobusBackend(app, timer_flow_ids=timer_flow_ids)

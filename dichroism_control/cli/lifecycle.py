@@ -33,6 +33,9 @@ def lifecycle(
     from dichroism_control.lifecycle import Lifecycle
 
     state: Context = ctx.obj
+    if not once:
+        # Runs unattended: an auth requirement is an error for a person, never a prompt.
+        state.interactive = False
     config = state.config()
     deployment = state.deployment()
     # Every flow a timer may run must be in the Timers consent before the first Timers call.

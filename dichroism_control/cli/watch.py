@@ -48,6 +48,8 @@ def watch(
     from dichroism_control.service import WatchService, start_lifecycle
 
     state: Context = ctx.obj
+    # A service: nobody answers a login prompt, and worker threads must never block on one.
+    state.interactive = False
     config = state.config()
     if beamline is not None:
         config.beamline(beamline)  # one-line error for an unknown name

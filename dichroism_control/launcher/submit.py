@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dichroism_control.errors import (
+    AuthRequiredError,
     BackendError,
     DichroismError,
     PermanentBackendError,
@@ -71,6 +73,9 @@ class Launcher:
         self.recovery = Recovery(
             ledger, backend, self.flow_id, clock=clock, lookup_margin=lookup_margin
         )
+        # One log line per auth problem, not one per scan of a claimed batch.
+        self._auth_logged: tuple[str, float] = ("", 0.0)
+        self._auth_lock = threading.Lock()
 
     def request_for(self, scan_route: Route, size: int) -> RunRequest:
         return self.requests.request_for(scan_route, size)
@@ -179,6 +184,8 @@ class Launcher:
                     write=write,
                 )
             run = self.backend.run_flow(request)
+        except AuthRequiredError as exc:
+            return self._needs_person(claim, exc, write=write)
         except TransientBackendError as exc:
             # After a lookup failed, or an error the run may have outlived: stay uncertain.
             started = claim.uncertain or exc.http_status not in NOT_STARTED_STATUSES
@@ -232,6 +239,40 @@ class Launcher:
         )
         log.error("%s: submission FAILED (not retried): %s", claim.scan.path, reason)
         return Outcome(claim.scan.id, claim.scan.path, "failed", error=reason)
+
+    def _needs_person(self, claim: Claim, exc: AuthRequiredError, *, write: Record) -> Outcome:
+        """Globus wants a login or a consent: give the claim back as if never made (the
+        scan is fine), and pause every claim for `backoff_max_seconds`; the error line names
+        the command to run. Never a prompt: the watcher has no one at its terminal."""
+        now = self.clock()
+        resume = now + self.config.submit.backoff_max_seconds
+        reason = str(exc)
+        write(
+            claim.scan.id,
+            {
+                "state": "detected",
+                "attempts": claim.scan.attempts,
+                "next_attempt_at": resume,
+                "last_error": reason,
+                "submit_started_at": claim.since if claim.uncertain else None,
+            },
+        )
+        with self._auth_lock:
+            last, at = self._auth_logged
+            quiet = last == reason and now - at < self.config.submit.backoff_max_seconds
+            if not quiet:
+                self._auth_logged = (reason, now)
+        if not quiet:
+            log.error("submissions paused, a person is needed: %s", reason)
+        return Outcome(
+            claim.scan.id,
+            claim.scan.path,
+            "detected",
+            error=reason,
+            next_attempt_at=resume,
+            pause_until=resume,
+            needs_person=True,
+        )
 
     def _retry(self, claim: Claim, exc: BackendError, *, uncertain: bool, write: Record) -> Outcome:
         settings = self.config.submit
@@ -315,8 +356,15 @@ class Launcher:
                 ready = [int(r["id"]) for r in rows if r["next_attempt_at"] <= now]
                 claims = self.claim(limit=len(ready), scan_ids=ready) if ready else []
                 due_at = None if claims else min(float(r["next_attempt_at"]) for r in rows)
-            for claim in claims:
-                outcomes.append(self.attempt(claim))
+            for index, claim in enumerate(claims):
+                outcome = self.attempt(claim)
+                outcomes.append(outcome)
+                if outcome.needs_person:
+                    # Waiting would not help: a person must act first. Every scan stays
+                    # queued, the unsent claims given back as if never made.
+                    for unsent in claims[index + 1 :]:
+                        self.release(unsent)
+                    raise AuthRequiredError(outcome.error or "Globus login needed")
             if not claims:
                 if due_at is None:
                     return outcomes

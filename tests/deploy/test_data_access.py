@@ -366,3 +366,23 @@ def test_doctor_names_the_missing_data_access_consents(
     assert code == 1
     consent_calls = [c for c in mocked.calls if c.request.url.endswith("/consents?all=False")]
     assert len(consent_calls) == 1
+
+
+def test_client_login_force_fetches_tokens_for_the_whole_plan(
+    fake_globus: FakeGlobus, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """For a service client, `dichroism login --force` (the command an auth error names) is
+    one client-credentials grant for every scope of the plan, data_access chains included;
+    a client's dependent consents are granted with the grant (GLOBUS_NOTES, ClientApp)."""
+    code, out, err = run_cli(
+        ["--config", str(write_config(_pin)), "--format", "json", "login", "--force"], capsys
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert (doc["identity"], doc["login"], doc["unresolved"]) == ("client", "tokens fetched", [])
+    (grant,) = _grants(fake_globus.rsps)
+    timer = f"https://auth.globus.org/scopes/{TIMERS_RS}/timer[{_chain(PRUNE, COLLECTIONS)}]"
+    assert {_parsed(_chain(NEW_FILE, COLLECTIONS)), _parsed(timer), _parsed(_user(ARCHIVE))} <= (
+        grant
+    )
+    assert "s3cret" not in out + err
