@@ -153,6 +153,20 @@ class Scan:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """A Globus identity: a person's (`user`) or a service client's (`client`)."""
+
+    id: str
+    kind: str  # user | client
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+OWNER_KEY = "owner_identity"
+
+
+@dataclass(frozen=True)
 class WaitingRun:
     """A run the lifecycle saw INACTIVE: it needs a person, not time."""
 
@@ -317,6 +331,32 @@ class Ledger(Database):
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
+
+    # -- whose runs these are ---------------------------------------------------------------
+    def owner(self) -> Identity | None:
+        """The identity that started this ledger's first run (None: no run yet).
+
+        Flows lists only the caller's own runs unless asked for other roles, and Timers only
+        the caller's timers: another identity acting on this ledger would not see its runs
+        and timers and would start them again (see `dichroism_control.ownership`).
+        """
+        import json
+
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (OWNER_KEY,))
+        if not rows:
+            return None
+        data = json.loads(rows[0]["value"])
+        return Identity(id=str(data["id"]), kind=str(data["kind"]))
+
+    def record_owner(self, identity: Identity) -> Identity:
+        """Record the owner unless one is recorded already; returns the recorded one."""
+        import json
+
+        value = json.dumps({"id": identity.id, "kind": identity.kind}, sort_keys=True)
+        self.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (OWNER_KEY, value))
+        owner = self.owner()
+        assert owner is not None
+        return owner
 
     # -- runs that need a person -----------------------------------------------------------
     @staticmethod

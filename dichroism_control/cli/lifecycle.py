@@ -31,6 +31,7 @@ def lifecycle(
     import threading
 
     from dichroism_control.lifecycle import Lifecycle
+    from dichroism_control.ownership import require_owner
 
     state: Context = ctx.obj
     if not once:
@@ -39,7 +40,11 @@ def lifecycle(
     config = state.config()
     deployment = state.deployment()
     # Every flow a timer may run must be in the Timers consent before the first Timers call.
-    backend = state.backend(timer_flows=[deployment.flow_id("prune")])
+    backend = require_owner(
+        state.ledger(),
+        state.backend(timer_flows=[deployment.flow_id("prune")]),
+        command="lifecycle",
+    )
     loop = Lifecycle(config, state.ledger(), backend, deployment)
     if once:
         state.emit(loop.run_once(), text=_text)
