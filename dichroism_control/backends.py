@@ -45,4 +45,10 @@ def build_backend(
         scopes=plan.requirements,
         interactive=interactive,
     )
-    return GlobusBackend(app, timer_flow_ids=timer_flow_ids)
+    from dichroism_control.ratelimit import RateLimiter
+
+    return GlobusBackend(
+        app,
+        timer_flow_ids=timer_flow_ids,
+        run_limiter=RateLimiter(config.submit.max_run_starts_per_second),
+    )

@@ -237,6 +237,17 @@ class Submit(Strict):
     max_attempts: int = Field(default=8, ge=1)
     backoff_base_seconds: float = Field(default=1.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)
+    # new_file runs started and not yet seen finished by the lifecycle. Transfer works on 3
+    # transfer tasks per user at a time and queues the rest (docs.globus.org/api/transfer/
+    # task_behavior); 12 keeps those 3 busy while other runs are in their stat and SciCat
+    # steps, queued at Transfer, or finished but not yet seen (the lifecycle looks once per
+    # `lifecycle.poll_seconds`), and keeps a catch-up of thousands of scans in the ledger
+    # (`detected`) instead of in Transfer's queue.
+    max_runs_in_flight: int = Field(default=12, ge=1)
+    # run_flow calls per second, across the process. Transfer allows about 20 API requests
+    # per second per user, and every run started makes Transfer requests as the same identity
+    # (the action provider's task submission and polling): start at half that.
+    max_run_starts_per_second: float = Field(default=10.0, gt=0)
 
 
 class Local(Strict):

@@ -23,6 +23,7 @@ from dichroism_control.errors import (
     TransientBackendError,
 )
 from dichroism_control.ledger import Identity
+from dichroism_control.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     import globus_sdk
@@ -167,8 +168,12 @@ class GlobusBackend:
         *,
         timer_flow_ids: list[str] | None = None,
         max_retries: int = 1,
+        run_limiter: RateLimiter | None = None,
     ) -> None:
         self._app = app
+        # Paces run_flow across every thread of the process (config submit.
+        # max_run_starts_per_second); None: unpaced.
+        self.run_limiter = run_limiter
         self._timer_flow_ids = [f for f in (timer_flow_ids or []) if f]
         self._max_retries = max_retries
         self._specific: dict[str, globus_sdk.SpecificFlowClient] = {}
@@ -251,6 +256,8 @@ class GlobusBackend:
     def run_flow(self, request: RunRequest) -> dict[str, Any]:
         import globus_sdk
 
+        if self.run_limiter is not None:
+            self.run_limiter.acquire()
         response = self._flow_client(request.flow_id).run_flow(
             request.body,
             label=request.label,

@@ -167,6 +167,18 @@ OWNER_KEY = "owner_identity"
 
 
 @dataclass(frozen=True)
+class Backlog:
+    """Scans waiting to be sent, and how long they should take to drain."""
+
+    count: int  # scans `detected` (new, or waiting for a retry or a free slot)
+    oldest_age_seconds: float | None  # since the oldest of them was detected
+    in_flight: int  # new_file runs started and not yet seen finished
+    completed_in_window: int  # scans whose new_file run succeeded within the window
+    window_seconds: float
+    drain_seconds: float | None  # (count + in_flight) at the window's rate; None: no rate
+
+
+@dataclass(frozen=True)
 class WaitingRun:
     """A run the lifecycle saw INACTIVE: it needs a person, not time."""
 
@@ -330,6 +342,54 @@ class Ledger(Database):
             " files, updated_at FROM prune_timers WHERE state = 'failed'"
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
+        )
+
+    # -- the submission backlog -----------------------------------------------------------
+    def submission_backlog(
+        self,
+        *,
+        beamline: str | None = None,
+        now: float | None = None,
+        window_seconds: float = 3600.0,
+    ) -> Backlog:
+        """The scans not yet sent (all beamlines, or one) and an estimated drain time.
+
+        `count`/`oldest_age_seconds`: scans in `detected` (the launcher's queue: new ones,
+        ones waiting for a retry, ones waiting for a free `submit.max_runs_in_flight` slot).
+        `drain_seconds`: the queue plus the runs in flight, at the rate new_file runs
+        succeeded over the last `window_seconds` (`transferred_at`); None when none did, as
+        no rate is known then. A backlog that waits on INACTIVE runs (`waiting_runs`) will
+        not drain at any rate until a person acts.
+        """
+        now = time.time() if now is None else now
+        where, params = ("", ()) if beamline is None else (" AND beamline = ?", (beamline,))
+        queued = self.query(
+            f"SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM scans"
+            f" WHERE state = 'detected'{where}",
+            params,
+        )[0]
+        in_flight = int(
+            self.query(
+                f"SELECT COUNT(*) AS n FROM scans WHERE state IN ('submitting', 'submitted')"
+                f"{where}",
+                params,
+            )[0]["n"]
+        )
+        completed = int(
+            self.query(
+                f"SELECT COUNT(*) AS n FROM scans WHERE transferred_at > ?{where}",
+                (now - window_seconds, *params),
+            )[0]["n"]
+        )
+        count = int(queued["n"])
+        rate = completed / window_seconds
+        return Backlog(
+            count=count,
+            oldest_age_seconds=None if queued["oldest"] is None else now - queued["oldest"],
+            in_flight=in_flight,
+            completed_in_window=completed,
+            window_seconds=window_seconds,
+            drain_seconds=(count + in_flight) / rate if rate > 0 else None,
         )
 
     # -- whose runs these are ---------------------------------------------------------------

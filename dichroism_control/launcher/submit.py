@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Scans whose new_file run is started, or being started, and not yet seen finished.
+IN_FLIGHT_SQL = "SELECT COUNT(*) AS n FROM scans WHERE state IN ('submitting', 'submitted')"
+
 # These answers come from in front of the service (rate limiter, load balancer with no
 # healthy target): the run was certainly not started, so no lookup is needed before a retry.
 NOT_STARTED_STATUSES = frozenset({429, 503})
@@ -105,12 +108,29 @@ class Launcher:
         )
 
     # -- the queue -----------------------------------------------------------------------
+    def in_flight(self) -> int:
+        """new_file runs started (or being started) and not yet seen finished."""
+        rows = self.ledger.query(IN_FLIGHT_SQL)
+        return int(rows[0]["n"])
+
+    def free_slots(self) -> int:
+        """How many more runs may start now (`submit.max_runs_in_flight`)."""
+        return max(0, self.config.submit.max_runs_in_flight - self.in_flight())
+
     def claim(self, *, limit: int, scan_ids: list[int] | None = None) -> list[Claim]:
-        """Move due `detected` scans to `submitting`, committed before anything is sent."""
+        """Move due `detected` scans to `submitting`, committed before anything is sent.
+
+        At most `submit.max_runs_in_flight` runs are in flight: the rest of a backlog waits
+        in the ledger, `detected`, and a slot frees when the lifecycle sees a run finish.
+        """
         now = self.clock()
         with self.ledger.transaction() as conn:
             # IMMEDIATE: a concurrent writer waits rather than failing the snapshot later.
             conn.execute("BEGIN IMMEDIATE")
+            in_flight = int(conn.execute(IN_FLIGHT_SQL).fetchone()["n"])
+            limit = min(limit, self.config.submit.max_runs_in_flight - in_flight)
+            if limit <= 0:
+                return []
             if scan_ids is None:
                 rows = conn.execute(
                     "SELECT * FROM scans WHERE state = 'detected' AND next_attempt_at <= ?"
@@ -120,8 +140,9 @@ class Launcher:
             else:
                 marks = ",".join("?" * len(scan_ids))
                 rows = conn.execute(
-                    f"SELECT * FROM scans WHERE state = 'detected' AND id IN ({marks})",
-                    tuple(scan_ids),
+                    f"SELECT * FROM scans WHERE state = 'detected' AND id IN ({marks})"
+                    " ORDER BY id LIMIT ?",
+                    (*scan_ids, limit),
                 ).fetchall()
             claims = []
             updates = []
@@ -140,7 +161,10 @@ class Launcher:
         return claims
 
     def next_due(self) -> float | None:
-        """When the earliest queued scan becomes due (None: nothing queued)."""
+        """When the earliest queued scan becomes due (None: nothing queued, or no slot free:
+        then only the lifecycle seeing a run finish frees one)."""
+        if self.free_slots() <= 0:
+            return None
         rows = self.ledger.query(
             "SELECT MIN(next_attempt_at) AS due FROM scans WHERE state = 'detected'"
         )
@@ -350,7 +374,9 @@ class Launcher:
                     f" AND id IN ({marks})",
                     tuple(scan_ids),
                 )
-                if not rows:
+                if not rows or self.free_slots() <= 0:
+                    # Nothing left, or every slot taken: the scans wait in the ledger for
+                    # the watcher, which sends them as the lifecycle sees runs finish.
                     return outcomes
                 now = self.clock()
                 ready = [int(r["id"]) for r in rows if r["next_attempt_at"] <= now]
@@ -366,6 +392,6 @@ class Launcher:
                         self.release(unsent)
                     raise AuthRequiredError(outcome.error or "Globus login needed")
             if not claims:
-                if due_at is None:
+                if due_at is None or self.free_slots() <= 0:
                     return outcomes
                 sleep(max(0.0, due_at - self.clock()))
