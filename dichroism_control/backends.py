@@ -30,6 +30,7 @@ def build_backend(
     from dichroism_control.auth import build_app, credentials_from_env, scope_requirements
     from dichroism_control.deploy_state import Deployment
     from dichroism_control.globus_backend import GlobusBackend
+    from dichroism_control.ratelimit import RateLimiter
 
     # The whole scope plan (auth.scope_requirements), not only what each client asks for by
     # default: the flows' user scopes must carry the mapped collections' data_access, and
@@ -45,8 +46,6 @@ def build_backend(
         scopes=plan.requirements,
         interactive=interactive,
     )
-    from dichroism_control.ratelimit import RateLimiter
-
     return GlobusBackend(
         app,
         timer_flow_ids=timer_flow_ids,
