@@ -12,16 +12,17 @@ No API host appears here: the SDK reads `GLOBUS_SDK_ENVIRONMENT` and
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dichroism_control.errors import ConfigError
+from dichroism_control.errors import AuthRequiredError, ConfigError
 
 if TYPE_CHECKING:
     import globus_sdk
     from globus_sdk.scopes import Scope
+    from globus_sdk.scopes.consents import ConsentForest
 
 APP_NAME = "dichroism-flows"
 CLIENT_ID_ENV = "GLOBUS_CLIENT_ID"
@@ -71,6 +72,14 @@ def credentials_from_env(native_client_id: str | None = None) -> Credentials:
 #   transfer     Transfer `all` (doctor: can the identity see the collections)
 #   auth         openid profile email (whoami)
 # `dichroism login` requests the union, so the watcher never meets a consent prompt.
+#
+# GCSv5 mapped collections: a run whose Transfer steps touch one needs the collection's
+# `data_access` scope under Transfer under the flow's user scope, or the run goes INACTIVE
+# (ConsentRequired). The chain is built as globus-sdk's own
+# `SpecificFlowClient.add_app_transfer_data_access_scope` builds it (services/flows/
+# client.py:1213-1262: `flow_user[*transfer:all[*<collection>/data_access ...]]`); a flow
+# timer carries the same chain under `timer` (the SDK has no helper for a flow timer:
+# `TimersClient.add_app_transfer_data_access_scope` is for Transfer timers).
 COMMAND_SCOPES: dict[str, tuple[str, ...]] = {
     "validate": ("flows",),
     "deploy": ("flows", "compute"),
@@ -84,6 +93,9 @@ COMMAND_SCOPES: dict[str, tuple[str, ...]] = {
     "whoami": ("auth",),
 }
 TIMER_FLOWS = ("prune",)
+# Flows with Transfer action states (transfer, stat, delete): their scope carries the
+# collections' data_access (tests check this against flow_definitions/).
+TRANSFER_FLOWS = frozenset({"new_file", "prune"})
 
 
 @dataclass(frozen=True)
@@ -94,20 +106,40 @@ class ScopePlan:
     unresolved: list[str]
 
 
+def flow_user_scope(flow_id: str, collections: Sequence[str] = ()) -> Scope:
+    """A flow's user scope; with `collections`, their data_access under Transfer `all`."""
+    from globus_sdk.scopes import GCSCollectionScopes, SpecificFlowScopes, TransferScopes
+
+    user = SpecificFlowScopes(flow_id).user
+    if not collections:
+        return user
+    transfer = TransferScopes.all.with_optional(True).with_dependencies(
+        [GCSCollectionScopes(c).data_access.with_optional(True) for c in collections]
+    )
+    return user.with_dependency(transfer)
+
+
 def scope_requirements(
-    commands: Iterable[str] | None = None, *, flow_ids: Mapping[str, str] | None = None
+    commands: Iterable[str] | None = None,
+    *,
+    flow_ids: Mapping[str, str] | None = None,
+    data_access: Sequence[str] = (),
 ) -> ScopePlan:
-    """The scopes `commands` need (all commands when None). Flow scopes need deployed ids."""
+    """The scopes `commands` need (all commands when None). Flow scopes need deployed ids;
+    `data_access` lists the mapped collections the Transfer flows' runs touch."""
     from globus_sdk.scopes import (
         AuthScopes,
         ComputeScopes,
         FlowsScopes,
-        SpecificFlowScopes,
         TimersScopes,
         TransferScopes,
     )
 
     ids = dict(flow_ids or {})
+
+    def flow_scope(flow: str) -> Scope:
+        return flow_user_scope(ids[flow], data_access if flow in TRANSFER_FLOWS else ())
+
     names = list(COMMAND_SCOPES) if commands is None else list(commands)
     needs: list[str] = []
     for command in names:
@@ -133,19 +165,103 @@ def scope_requirements(
         elif need == "timers":
             missing = [f for f in TIMER_FLOWS if not ids.get(f)]
             unresolved.extend(f"timers[{f}]" for f in missing)
-            dependencies = [SpecificFlowScopes(ids[f]).user for f in TIMER_FLOWS if ids.get(f)]
+            dependencies = [flow_scope(f) for f in TIMER_FLOWS if ids.get(f)]
             add(TimersScopes.resource_server, TimersScopes.timer.with_dependencies(dependencies))
         elif need.startswith("run:"):
             flow = need.removeprefix("run:")
             if ids.get(flow):
-                add(ids[flow], SpecificFlowScopes(ids[flow]).user)
+                add(ids[flow], flow_scope(flow))
             else:
                 unresolved.append(need)
     return ScopePlan(requirements, unresolved)
 
 
+def unmet_chains(forest: ConsentForest, scope: Scope) -> list[list[Scope]]:
+    """The root-to-leaf dependency chains of `scope` that `forest` does not cover.
+
+    `ConsentForest.meets_scope_requirements` answers yes or no for the whole tree
+    (scopes/consents/_model.py:200-216); checking each chain on its own names exactly
+    which consent is missing (say, one collection's data_access under one flow).
+    """
+    from globus_sdk.scopes import Scope as ScopeClass
+
+    def chains(node: Scope) -> list[list[Scope]]:
+        if not node.dependencies:
+            return [[node]]
+        return [[node, *rest] for child in node.dependencies for rest in chains(child)]
+
+    missing: list[list[Scope]] = []
+    for chain in chains(scope):
+        built = ScopeClass(chain[-1].scope_string)
+        for outer in reversed(chain[:-1]):
+            built = ScopeClass(outer.scope_string).with_dependency(built)
+        if not forest.meets_scope_requirements(built):
+            missing.append(chain)
+    return missing
+
+
 def token_path(credentials: Credentials, token_dir: Path) -> Path:
     return token_dir / f"tokens-{credentials.client_id}.json"
+
+
+def granted_plan_path(credentials: Credentials, token_dir: Path) -> Path:
+    """Beside the tokens: the scope strings each stored client token was fetched for."""
+    return token_dir / f"tokens-{credentials.client_id}.scopes.json"
+
+
+def _scope_strings(scopes: Mapping[str, list[Scope]]) -> dict[str, list[str]]:
+    return {rs: sorted({str(s) for s in values}) for rs, values in scopes.items()}
+
+
+def read_granted_plan(path: Path) -> dict[str, list[str]]:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {str(k): list(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def stale_resource_servers(
+    granted: Mapping[str, list[str]], scopes: Mapping[str, list[Scope]]
+) -> list[str]:
+    """Resource servers whose stored client token was fetched for other scope strings."""
+    wanted = _scope_strings(scopes)
+    return sorted(rs for rs, strings in wanted.items() if granted.get(rs) != strings)
+
+
+def _forget_stale_client_tokens(
+    storage: globus_sdk.token_storage.TokenStorage,
+    path: Path,
+    scopes: Mapping[str, list[Scope]],
+) -> None:
+    """Drop stored client tokens fetched for another scope plan, and record this one.
+
+    A stored token records only root scopes, and a client-credentials grant returns no
+    id_token, so the SDK's validator cannot check a client token's dependent scopes
+    (token_storage/validating_token_storage/validators.py:171-175, 266-269): a token
+    fetched before a data_access or flow dependency joined the plan would be reused until
+    it expires, and the runs it starts would go INACTIVE. A client re-grants without a
+    person, so dropping it is free.
+    """
+    import json
+    import os
+    import tempfile
+
+    granted = read_granted_plan(path)
+    for resource_server in stale_resource_servers(granted, scopes):
+        storage.remove_token_data(resource_server)
+    record = {**granted, **_scope_strings(scopes)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".scopes.")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def login_command(credentials: Credentials) -> str:
+    """The command a person runs to give this identity fresh tokens and consents."""
+    return "dichroism login --force" if credentials.is_service else "dichroism login"
 
 
 def build_app(
@@ -153,18 +269,42 @@ def build_app(
     *,
     token_dir: Path,
     scopes: Mapping[str, list[Scope]] | None = None,
+    interactive: bool = True,
 ) -> globus_sdk.GlobusApp:
-    """The app every client is built with. Makes no HTTP call until a token is needed."""
+    """The app every client is built with. Makes no HTTP call until a token is needed.
+
+    `interactive=False` (the watcher, the lifecycle loop, anything without a terminal):
+    the app never starts a login itself. The SDK would otherwise prompt on stdin from
+    whichever thread met the problem: `auto_redrive_gares` logs in on a 403 auth
+    requirements error (globus_app/app.py:582-607), and the default
+    `token_validation_error_handler` logs in on missing or insufficient stored tokens
+    (globus_app/config.py `resolve_by_login_flow`). Both become an `AuthRequiredError`
+    naming the command to run. A client's "login" is a client-credentials grant, no
+    prompt, so a ClientApp keeps fetching its own tokens.
+    """
     import globus_sdk
+    from globus_sdk.globus_app.config import resolve_by_login_flow
     from globus_sdk.token_storage import JSONTokenStorage
 
     token_dir.mkdir(parents=True, exist_ok=True)
     storage = JSONTokenStorage(token_path(credentials, token_dir), namespace=credentials.client_id)
-    # auto_redrive_gares: a Timers token fetched before a flow's dependent scope was added
-    # answers 403 ConsentRequired; redriving re-consents instead of failing (GLOBUS_NOTES).
+    if scopes and credentials.is_service:
+        _forget_stale_client_tokens(storage, granted_plan_path(credentials, token_dir), scopes)
+    command = login_command(credentials)
+
+    def needs_person(app: globus_sdk.GlobusApp, error: Exception) -> None:
+        del app
+        raise AuthRequiredError(
+            f"Globus login needed ({type(error).__name__}: {error}): run `{command}`"
+        )
+
+    handler = resolve_by_login_flow if interactive or credentials.is_service else needs_person
+    # auto_redrive_gares: a 403 auth requirements error (a Timers token fetched before a
+    # flow's dependent scope was added) re-consents and retries, in interactive commands.
     app_config = globus_sdk.GlobusAppConfig(
         token_storage=storage,
-        auto_redrive_gares=True,
+        auto_redrive_gares=interactive,
+        token_validation_error_handler=handler,
         request_refresh_tokens=not credentials.is_service,
     )
     app: globus_sdk.GlobusApp

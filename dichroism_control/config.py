@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -39,6 +40,11 @@ _PRINCIPAL_RE = re.compile(r"^urn:globus:(auth:identity|groups:id):[0-9a-fA-F-]{
 _SPECIAL_PRINCIPALS = {"public", "all_authenticated_users"}
 # What the flow schemas accept as a beamline name (flow_definitions/*.json, BEAMLINE).
 BEAMLINE_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
+# Globus Timers accepts a start at most one year after the timer is submitted (Timers
+# OpenAPI, `POST /jobs/`). A year is read as 365 days, and one day is kept for batching: a
+# prune batch collects a whole UTC day of scans and fires at its newest member's retention,
+# up to a day after its first member's.
+MAX_RETENTION_DAYS = 364
 
 Uuid = Annotated[str, Field(pattern=UUID_PATTERN)]
 
@@ -134,6 +140,26 @@ class GlobusSettings(Strict):
     notifications: Notifications = Notifications()
     # `public` / `all_authenticated_users` as flow_starters are refused unless this is true.
     allow_public_starters: bool = False
+    # GCSv5 mapped collections that the runs' Transfer steps touch need a `data_access`
+    # consent in the flow's scope (see auth.scope_requirements): endpoint names, or "all"
+    # (every endpoint a beamline uses as source or destination). Guest collections have no
+    # data_access scope: asking for one fails the login, so list only mapped collections.
+    data_access: list[str] | str = "all"
+
+    @field_validator("data_access", mode="before")
+    @classmethod
+    def _data_access_names(cls, value: Any, info: ValidationInfo) -> list[str] | str:
+        if value == "all":
+            return "all"
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"must be `all` or a list of endpoint names, not {value!r}")
+        known = info.data.get("endpoints") or {}
+        for name in value:
+            if name not in known:
+                raise ValueError(
+                    f"unknown endpoint {name!r} (known: {', '.join(sorted(known)) or 'none'})"
+                )
+        return value
 
     @field_validator("functions")
     @classmethod
@@ -226,6 +252,17 @@ class Submit(Strict):
     max_attempts: int = Field(default=8, ge=1)
     backoff_base_seconds: float = Field(default=1.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)
+    # new_file runs started and not yet seen finished by the lifecycle. Transfer works on 3
+    # transfer tasks per user at a time and queues the rest (docs.globus.org/api/transfer/
+    # task_behavior); 12 keeps those 3 busy while other runs are in their stat and SciCat
+    # steps, queued at Transfer, or finished but not yet seen (the lifecycle looks once per
+    # `lifecycle.poll_seconds`), and keeps a catch-up of thousands of scans in the ledger
+    # (`detected`) instead of in Transfer's queue.
+    max_runs_in_flight: int = Field(default=12, ge=1)
+    # run_flow calls per second, across the process. Transfer allows about 20 API requests
+    # per second per user, and every run started makes Transfer requests as the same identity
+    # (the action provider's task submission and polling): start at half that.
+    max_run_starts_per_second: float = Field(default=10.0, gt=0)
 
 
 class Local(Strict):
@@ -246,6 +283,21 @@ class Config(Strict):
     local: Local = Local()
     # Set by load_config, not by the file: the directory relative paths resolve against.
     base_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="after")
+    def _retention_bound(self) -> Config:
+        seconds_mode = self.lifecycle.retention_unit == "seconds"
+        limit = MAX_RETENTION_DAYS * 86400 if seconds_mode else MAX_RETENTION_DAYS
+        bound = f"{limit} seconds ({MAX_RETENTION_DAYS} days)" if seconds_mode else f"{limit} days"
+        for name, beamline in self.beamlines.items():
+            for location in ("compute_dtn", "cfs"):
+                if getattr(beamline.retention_days, location) > limit:
+                    raise ValueError(
+                        f"beamlines.{name}.retention_days.{location}: must be <= {bound}:"
+                        " Globus Timers refuses a schedule more than a year out, and a prune"
+                        " batch closes only at the end of its UTC day"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -364,6 +416,23 @@ class Config(Strict):
     def endpoint(self, name: str) -> Endpoint:
         return self.globus.endpoints[name]
 
+    def data_access_endpoints(self) -> list[str]:
+        """Names of the collections whose `data_access` consent the runs need, sorted.
+
+        `all` means every endpoint a beamline uses (the only collections our Transfer steps
+        touch). Placeholder ids are left out: there is no such scope to consent to yet.
+        """
+        selected = self.globus.data_access
+        if selected == "all":
+            names = {n for b in self.beamlines.values() for n in (b.source, b.destination)}
+        else:
+            names = set(selected)
+        return sorted(n for n in names if not self.endpoint(n).uuid.startswith(PLACEHOLDER_PREFIX))
+
+    def data_access_collections(self) -> list[str]:
+        """The collection ids of `data_access_endpoints()`, in the same order."""
+        return [self.endpoint(name).uuid for name in self.data_access_endpoints()]
+
     def beamline(self, name: str) -> Beamline:
         try:
             return self.beamlines[name]
@@ -380,6 +449,19 @@ class Config(Strict):
         for key in ("nersc", "scicat"):
             if getattr(self.globus.compute_endpoints, key).startswith(PLACEHOLDER_PREFIX):
                 found.append(f"globus.compute_endpoints.{key}")
+        return found
+
+    def warnings(self) -> list[str]:
+        """Settings that validate but will hurt on the real service (one line each)."""
+        found: list[str] = []
+        if self.backend == "globus" and not self.globus.subscription_id:
+            # docs.globus.org/api/flows/limits: flows without a subscription expire after 30
+            # days, and a user may own only one such flow; we deploy three that live 180 days.
+            found.append(
+                "globus.subscription_id is not set: flows without a subscription expire after"
+                " 30 days and an identity may own only one such flow, so the three flows need"
+                " one (docs.globus.org/api/flows/limits)"
+            )
         return found
 
     def require_real_ids(self) -> None:

@@ -51,3 +51,8 @@ class PermanentBackendError(BackendError):
     def __init__(self, message: str, *, http_status: int | None = None) -> None:
         super().__init__(message)
         self.http_status = http_status
+
+
+class AuthRequiredError(BackendError):
+    """Globus wants a person: a login, a new consent, a session. Never retried blindly and
+    never prompted for from a non-interactive process; the message names the command."""

@@ -10,23 +10,32 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from dichroism_control.backend import FlowSpec, RunRequest
 from dichroism_control.errors import (
+    AuthRequiredError,
     BackendError,
     PermanentBackendError,
     TransientBackendError,
 )
+from dichroism_control.ledger import Identity
+from dichroism_control.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     import globus_sdk
     from globus_sdk.transport import RequestsTransport
 
 T = TypeVar("T")
+
+# Every role through which a run can be shared with the caller, as the Flows API names them
+# for `GET /runs?filter_roles=` (globus-sdk-javascript src/open-api/types/flows.ts,
+# `filter_roles`). The SDK's docstring lists singular forms (services/flows/client.py:612-618)
+# that belong to the deprecated `filter_role`.
+RUN_ROLES = ("run_owner", "run_managers", "run_monitors", "flow_run_managers", "flow_run_monitors")
 
 
 def _api_error_message(error: globus_sdk.GlobusAPIError) -> str:
@@ -52,6 +61,13 @@ def translate_error(exc: Exception) -> BackendError:
 
     if isinstance(exc, globus_sdk.GlobusAPIError):
         message = _api_error_message(exc)
+        if exc.http_status == 403 and _is_auth_requirement(exc):
+            # A Globus Auth requirements error (GARE: ConsentRequired, a session policy):
+            # a person must log in or consent; retrying the same token cannot help.
+            return AuthRequiredError(
+                f"{message}: Globus needs a new login or consent; run `dichroism login`"
+                " (a service client: `dichroism login --force`)"
+            )
         if exc.http_status == 429 or exc.http_status >= 500:
             retry_after = exc.headers.get("Retry-After") if exc.headers else None
             return TransientBackendError(
@@ -61,6 +77,12 @@ def translate_error(exc: Exception) -> BackendError:
     if isinstance(exc, globus_sdk.NetworkError):
         return TransientBackendError(f"network error: {type(exc).__name__}: {exc}")
     return BackendError(str(exc))
+
+
+def _is_auth_requirement(error: globus_sdk.GlobusAPIError) -> bool:
+    from globus_sdk.gare import is_gare
+
+    return is_gare(error)
 
 
 def translate_errors(call: Callable[..., T]) -> Callable[..., T]:
@@ -146,8 +168,12 @@ class GlobusBackend:
         *,
         timer_flow_ids: list[str] | None = None,
         max_retries: int = 1,
+        run_limiter: RateLimiter | None = None,
     ) -> None:
         self._app = app
+        # Paces run_flow across every thread of the process (config submit.
+        # max_run_starts_per_second); None: unpaced.
+        self.run_limiter = run_limiter
         self._timer_flow_ids = [f for f in (timer_flow_ids or []) if f]
         self._max_retries = max_retries
         self._specific: dict[str, globus_sdk.SpecificFlowClient] = {}
@@ -210,11 +236,28 @@ class GlobusBackend:
                     self._specific[flow_id] = client
         return client
 
+    def caller_identity(self) -> Identity | None:
+        """Who the calls are made as, without an HTTP call (None: not logged in yet).
+
+        A client acts as its own identity, whose id is its client id. A person's identity id
+        is what the SDK decoded from the id_token (`sub`) when they logged in and keeps with
+        the stored tokens (token_storage/base.py:99-124, validating_token_storage/
+        storage.py:26-40): cheaper than Auth's userinfo, and available offline.
+        """
+        import globus_sdk
+
+        if isinstance(self._app, globus_sdk.ClientApp):
+            return Identity(str(self._app.client_id), "client")
+        identity = self._app.token_storage.identity_id
+        return Identity(str(identity), "user") if identity else None
+
     # runs ------------------------------------------------------------------------------
     @translate_errors
     def run_flow(self, request: RunRequest) -> dict[str, Any]:
         import globus_sdk
 
+        if self.run_limiter is not None:
+            self.run_limiter.acquire()
         response = self._flow_client(request.flow_id).run_flow(
             request.body,
             label=request.label,
@@ -225,21 +268,28 @@ class GlobusBackend:
         )
         return dict(response.data)
 
-    def iter_runs(self, *, flow_ids: list[str]) -> Iterator[dict[str, Any]]:
+    def iter_runs(
+        self, *, flow_ids: list[str], filter_roles: Sequence[str] = ()
+    ) -> Iterator[dict[str, Any]]:
+        """The flows' runs, newest first. Without `filter_roles` Flows lists only the runs
+        the caller owns; `RUN_ROLES` adds those shared with the caller."""
         marker: str | None = None
         while True:
-            page = self._list_runs_page(flow_ids, marker)
+            page = self._list_runs_page(flow_ids, marker, filter_roles)
             yield from page.get("runs", [])
             marker = page.get("marker")
             if not page.get("has_next_page") or not marker:
                 return
 
     @translate_errors
-    def _list_runs_page(self, flow_ids: list[str], marker: str | None) -> dict[str, Any]:
+    def _list_runs_page(
+        self, flow_ids: list[str], marker: str | None, filter_roles: Sequence[str] = ()
+    ) -> dict[str, Any]:
         import globus_sdk
 
         response = self.flows.list_runs(
             filter_flow_id=flow_ids,
+            filter_roles=list(filter_roles) if filter_roles else globus_sdk.MISSING,
             marker=marker if marker is not None else globus_sdk.MISSING,
             query_params={"orderby": "start_time DESC"},
         )

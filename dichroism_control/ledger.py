@@ -141,6 +141,20 @@ CREATE TABLE IF NOT EXISTS run_failures (
 CREATE INDEX IF NOT EXISTS run_failures_subject ON run_failures(subject);
 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- Runs that need a person: the lifecycle saw them INACTIVE (a missing consent,
+-- ConsentRequired; a collection that wants a new login, ...). An INACTIVE run is never
+-- progress: it waits until someone acts (`dichroism login`, then resume it in the web app).
+-- The row goes once the run is seen in any other status. See `Ledger.waiting_runs`.
+CREATE TABLE IF NOT EXISTS runs_waiting (
+    run_id TEXT PRIMARY KEY,
+    flow TEXT NOT NULL,                 -- new_file, archive, prune
+    subject TEXT NOT NULL,              -- scan:<id>, group:<id>, batch:<key>
+    since REAL NOT NULL,                -- first seen INACTIVE
+    seen_at REAL NOT NULL,              -- last seen INACTIVE
+    code TEXT,                          -- the run document's details.code
+    reason TEXT NOT NULL                -- details.code: details.description
+);
 """
 )
 
@@ -229,6 +243,44 @@ def _database_error(path: Path, exc: sqlite3.DatabaseError) -> str:
     if "readonly" in text or "unable to open" in text:
         return f"{path}: cannot write the ledger ({text}): is {path.parent} read-only?"
     return f"{path}: the ledger cannot be used ({text}): restore it from a backup"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A Globus identity: a person's (`user`) or a service client's (`client`)."""
+
+    id: str
+    kind: str  # user | client
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+OWNER_KEY = "owner_identity"
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Scans waiting to be sent, and how long they should take to drain."""
+
+    count: int  # scans `detected` (new, or waiting for a retry or a free slot)
+    oldest_age_seconds: float | None  # since the oldest of them was detected
+    in_flight: int  # new_file runs started and not yet seen finished
+    completed_in_window: int  # scans whose new_file run succeeded within the window
+    window_seconds: float
+    drain_seconds: float | None  # (count + in_flight) at the window's rate; None: no rate
+
+
+@dataclass(frozen=True)
+class WaitingRun:
+    """A run the lifecycle saw INACTIVE: it needs a person, not time."""
+
+    run_id: str
+    kind: str  # the flow: new_file, archive, prune
+    subject: str  # scan:<id>, group:<id>, batch:<key>
+    since: float  # when the lifecycle first saw it INACTIVE (POSIX time)
+    code: str | None  # details.code of the run document, e.g. ConsentRequired
+    reason: str  # "code: description", one line
 
 
 class Database:
@@ -401,6 +453,133 @@ class Ledger(Database):
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
+
+    # -- the submission backlog -----------------------------------------------------------
+    def submission_backlog(
+        self,
+        *,
+        beamline: str | None = None,
+        now: float | None = None,
+        window_seconds: float = 3600.0,
+    ) -> Backlog:
+        """The scans not yet sent (all beamlines, or one) and an estimated drain time.
+
+        `count`/`oldest_age_seconds`: scans in `detected` (the launcher's queue: new ones,
+        ones waiting for a retry, ones waiting for a free `submit.max_runs_in_flight` slot).
+        `drain_seconds`: the queue plus the runs in flight, at the rate new_file runs
+        succeeded over the last `window_seconds` (`transferred_at`); None when none did, as
+        no rate is known then. A backlog that waits on INACTIVE runs (`waiting_runs`) will
+        not drain at any rate until a person acts.
+        """
+        now = time.time() if now is None else now
+        where, params = ("", ()) if beamline is None else (" AND beamline = ?", (beamline,))
+        queued = self.query(
+            f"SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM scans"
+            f" WHERE state = 'detected'{where}",
+            params,
+        )[0]
+        in_flight = int(
+            self.query(
+                f"SELECT COUNT(*) AS n FROM scans WHERE state IN ('submitting', 'submitted')"
+                f"{where}",
+                params,
+            )[0]["n"]
+        )
+        completed = int(
+            self.query(
+                f"SELECT COUNT(*) AS n FROM scans WHERE transferred_at > ?{where}",
+                (now - window_seconds, *params),
+            )[0]["n"]
+        )
+        count = int(queued["n"])
+        rate = completed / window_seconds
+        return Backlog(
+            count=count,
+            oldest_age_seconds=None if queued["oldest"] is None else now - queued["oldest"],
+            in_flight=in_flight,
+            completed_in_window=completed,
+            window_seconds=window_seconds,
+            drain_seconds=(count + in_flight) / rate if rate > 0 else None,
+        )
+
+    # -- whose runs these are ---------------------------------------------------------------
+    def owner(self) -> Identity | None:
+        """The identity that started this ledger's first run (None: no run yet).
+
+        Flows lists only the caller's own runs unless asked for other roles, and Timers only
+        the caller's timers: another identity acting on this ledger would not see its runs
+        and timers and would start them again (see `dichroism_control.ownership`).
+        """
+        import json
+
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (OWNER_KEY,))
+        if not rows:
+            return None
+        data = json.loads(rows[0]["value"])
+        return Identity(id=str(data["id"]), kind=str(data["kind"]))
+
+    def record_owner(self, identity: Identity) -> Identity:
+        """Record the owner unless one is recorded already; returns the recorded one."""
+        import json
+
+        value = json.dumps({"id": identity.id, "kind": identity.kind}, sort_keys=True)
+        self.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (OWNER_KEY, value))
+        owner = self.owner()
+        assert owner is not None
+        return owner
+
+    # -- runs that need a person -----------------------------------------------------------
+    @staticmethod
+    def record_waiting(
+        conn: sqlite3.Connection,
+        *,
+        run_id: str,
+        flow: str,
+        subject: str,
+        code: str | None,
+        reason: str,
+        now: float,
+    ) -> None:
+        """Note a run seen INACTIVE (inside the caller's transaction); keeps its `since`."""
+        conn.execute(
+            "INSERT INTO runs_waiting (run_id, flow, subject, since, seen_at, code, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO UPDATE SET"
+            " seen_at = excluded.seen_at, code = excluded.code, reason = excluded.reason",
+            (run_id, flow, subject, now, now, code, reason),
+        )
+
+    @staticmethod
+    def clear_waiting(conn: sqlite3.Connection, run_ids: list[str]) -> int:
+        """Forget runs seen in another status than INACTIVE; returns how many were waiting."""
+        cleared = 0
+        for start in range(0, len(run_ids), _SQL_CHUNK):
+            chunk = run_ids[start : start + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            cleared += conn.execute(
+                f"DELETE FROM runs_waiting WHERE run_id IN ({marks})", tuple(chunk)
+            ).rowcount
+        return cleared
+
+    def waiting_runs(self) -> list[WaitingRun]:
+        """Runs waiting for a person, oldest first: what `status` shows as needing action.
+
+        Each is a run the lifecycle loop last saw INACTIVE (id, the flow it belongs to, the
+        scan, archive group or prune batch it serves, since when, and why: the run
+        document's `details.code` and `description`, e.g. `ConsentRequired: ...`). The list
+        is as fresh as the last lifecycle pass; a run leaves it when a pass sees it in any
+        other status.
+        """
+        return [
+            WaitingRun(
+                run_id=row["run_id"],
+                kind=row["flow"],
+                subject=row["subject"],
+                since=float(row["since"]),
+                code=row["code"],
+                reason=row["reason"],
+            )
+            for row in self.query("SELECT * FROM runs_waiting ORDER BY since, run_id")
+        ]
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -163,3 +163,54 @@ def test_shipped_config_validates_but_holds_placeholders() -> None:
         "bl631-compute-dtn",
         "bl631-nersc_alsdev_raw",
     }
+
+
+@pytest.mark.parametrize("location", ["compute_dtn", "cfs"])
+def test_retention_is_bounded_below_the_timers_one_year_limit(
+    location: str,
+    write_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Globus Timers refuses a start more than a year after submission.
+
+    Source: the Timers OpenAPI (globus-sdk-javascript `src/open-api/types/timers.ts`,
+    `"/jobs/"` post, "Submit Job": "Jobs must be scheduled to start after 1970-01-01 and
+    within one year of when it is submitted"). A prune timer fires `retention` after its
+    batch's newest member, and a batch spans a UTC day, so the bound is 365 - 1 = 364 days.
+    """
+    ok = load_config(
+        write_config(_set("beamlines", "bl402", "retention_days", location, value=364))
+    )
+    assert getattr(ok.beamlines["bl402"].retention_days, location) == 364
+
+    path = write_config(_set("beamlines", "bl402", "retention_days", location, value=365))
+    code, out, err = run_cli(["--config", str(path), "validate"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"dichroism: error: beamlines.bl402.retention_days.{location}: must be <= 364 days:"
+        " Globus Timers refuses a schedule more than a year out, and a prune batch closes only"
+        " at the end of its UTC day\n"
+    )
+
+
+def test_retention_bound_in_seconds_mode(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same bound (Timers OpenAPI `timers.ts`, "Submit Job") when retention is in seconds."""
+
+    def seconds(value: int) -> Callable[[dict[str, Any]], None]:
+        def mutate(data: dict[str, Any]) -> None:
+            data["lifecycle"] = {"retention_unit": "seconds"}
+            data["beamlines"]["bl631"]["retention_days"]["cfs"] = value
+
+        return mutate
+
+    assert load_config(write_config(seconds(364 * 86400))).beamlines["bl631"]
+    code, _, err = run_cli(
+        ["--config", str(write_config(seconds(364 * 86400 + 1))), "validate"], capsys
+    )
+    assert code == 2
+    assert err.startswith(
+        "dichroism: error: beamlines.bl631.retention_days.cfs: must be <= 31449600 seconds"
+        " (364 days): Globus Timers refuses"
+    )

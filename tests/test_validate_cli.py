@@ -14,6 +14,11 @@ import responses
 from tests.deploy.helpers import FakeGlobus, client_env, run_cli, started_mock
 
 REPO = Path(__file__).resolve().parents[1]
+NO_SUBSCRIPTION_WARNING = (
+    "dichroism: warning: globus.subscription_id is not set: flows without a subscription"
+    " expire after 30 days and an identity may own only one such flow, so the three flows"
+    " need one (docs.globus.org/api/flows/limits)\n"
+)
 
 
 def _broken_copy(tmp_path: Path) -> Path:
@@ -63,7 +68,7 @@ def test_validate_reports_structural_errors(
         "archive: INVALID (structure)\n  - archive: States.ArchiveToTape.OutputPath: not "
         "supported by Globus Flows; use ResultPath\n" in out
     )
-    assert err == "dichroism: error: 1 problem(s) found\n"
+    assert err == NO_SUBSCRIPTION_WARNING + "dichroism: error: 1 problem(s) found\n"
 
 
 def test_validate_json_is_one_document(
@@ -103,7 +108,7 @@ def test_validate_remote_shows_the_service_errors(
         "new_file: INVALID (structure + service)\n  - (service) definition.States.TransferToCFS: "
         "A state of type 'Action' must be defined as either terminal or transitional\n"
     ) in out
-    assert err == "dichroism: error: 3 problem(s) found\n"
+    assert err == NO_SUBSCRIPTION_WARNING + "dichroism: error: 3 problem(s) found\n"
 
 
 def test_validate_remote_refuses_placeholders(
@@ -114,3 +119,37 @@ def test_validate_remote_refuses_placeholders(
     assert code == 2
     assert "placeholder UUID; set the real id before talking to Globus" in err
     assert len(mocked.calls) == 0
+
+
+def test_validate_warns_when_the_globus_backend_has_no_subscription(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Flows without a subscription expire after 30 days and an identity may own only one
+    (docs.globus.org/api/flows/limits): `validate` says so on the globus backend only."""
+    warning = (
+        "globus.subscription_id is not set: flows without a subscription expire after 30 days"
+        " and an identity may own only one such flow, so the three flows need one"
+        " (docs.globus.org/api/flows/limits)"
+    )
+    config_path = write_config()
+    code, out, err = run_cli(["--config", str(config_path), "--format", "json", "validate"], capsys)
+    assert code == 0
+    assert json.loads(out)["warnings"] == [warning]
+    assert err == f"dichroism: warning: {warning}\n"
+
+    code, out, err = run_cli(["--config", str(config_path), "validate"], capsys)
+    assert code == 0 and err == f"dichroism: warning: {warning}\n"
+
+    code, out, err = run_cli(
+        ["--config", str(config_path), "--backend", "local", "--format", "json", "validate"],
+        capsys,
+    )
+    assert code == 0 and err == "" and json.loads(out)["warnings"] == []
+
+    def subscribed(data: dict[str, Any]) -> None:
+        data["globus"]["subscription_id"] = "5a05c000-0000-4000-8000-000000000001"
+
+    code, out, err = run_cli(
+        ["--config", str(write_config(subscribed)), "--format", "json", "validate"], capsys
+    )
+    assert code == 0 and err == "" and json.loads(out)["warnings"] == []

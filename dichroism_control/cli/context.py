@@ -25,6 +25,9 @@ class Context:
     config_path: Path | None = None
     backend_override: str | None = None
     fmt: Format = "text"
+    # May the Globus app start a login (a prompt on this terminal)? None: only when stdin
+    # is a terminal. Long-running commands (watch, the lifecycle loop) set False.
+    interactive: bool | None = None
     _config: Config | None = field(default=None, repr=False)
     _ledger: Ledger | None = field(default=None, repr=False)
 
@@ -51,9 +54,18 @@ class Context:
         return Deployment.resolve(self.config())
 
     def backend(self, *, timer_flows: list[str] | None = None) -> Backend:
+        import sys
+
         from dichroism_control.backends import build_backend
 
-        return build_backend(self.config(), timer_flow_ids=timer_flows)
+        interactive = self.interactive if self.interactive is not None else sys.stdin.isatty()
+        return build_backend(self.config(), timer_flow_ids=timer_flows, interactive=interactive)
 
     def emit(self, data: Any, text: Callable[[Any], str] | None = None) -> None:
         emit(data, fmt=self.fmt, text=text)
+
+    def warn(self, message: str) -> None:
+        """One line on stderr, whatever the format (stdout stays one JSON document)."""
+        import sys
+
+        sys.stderr.write(f"dichroism: warning: {message}\n")

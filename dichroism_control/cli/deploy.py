@@ -42,6 +42,10 @@ def deploy(
 
     state: Context = ctx.obj
     config = state.config()
+    # Before the deploy, so it shows even when the deploy then fails.
+    warnings = config.warnings()
+    for warning in warnings:
+        state.warn(warning)
     report = run_deploy(
         config,
         state.backend(),
@@ -51,6 +55,7 @@ def deploy(
         only=only or None,
     )
     document = report.as_dict()
+    document["warnings"] = warnings
     state.emit(document, text=render_text)
     failed = report.failed
     if failed:

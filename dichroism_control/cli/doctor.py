@@ -62,7 +62,7 @@ def doctor(
             )
         else:
             add("placeholder ids", "ok", "none")
-        _credentials_and_tokens(state, config, add)
+        _credentials_and_tokens(state, config, add, offline=offline)
         if offline:
             add("reachability", "skip", "--offline")
         else:
@@ -93,7 +93,7 @@ def _definitions(config: Config, add: Any) -> None:
         add("flow definitions", "ok", f"{', '.join(documents)} valid")
 
 
-def _credentials_and_tokens(state: Context, config: Config, add: Any) -> None:
+def _credentials_and_tokens(state: Context, config: Config, add: Any, *, offline: bool) -> None:
     import time
 
     from dichroism_control.auth import credentials_from_env, scope_requirements, token_path
@@ -120,7 +120,9 @@ def _credentials_and_tokens(state: Context, config: Config, add: Any) -> None:
         except Exception as exc:  # a corrupt file must not stop the other checks
             add("tokens", "fail", f"{path}: unreadable ({type(exc).__name__})")
             return
-    plan = scope_requirements(None, flow_ids=state.deployment().flows)
+    plan = scope_requirements(
+        None, flow_ids=state.deployment().flows, data_access=config.data_access_collections()
+    )
     now = time.time()
     missing = [rs for rs in plan.requirements if rs not in stored]
     expired = [
@@ -131,6 +133,7 @@ def _credentials_and_tokens(state: Context, config: Config, add: Any) -> None:
     if credentials.is_service:
         detail = f"{len(stored)} stored; others are fetched on demand (client credentials)"
         add("tokens", "ok", detail)
+        _client_consents(credentials, config, plan.requirements, stored, add)
         return
     if missing or expired:
         parts = []
@@ -147,6 +150,126 @@ def _credentials_and_tokens(state: Context, config: Config, add: Any) -> None:
             "warn",
             f"{', '.join(plan.unresolved)} need deployed flows; log in again after deploy",
         )
+    _user_consents(state, config, credentials, plan.requirements, stored, add, offline=offline)
+
+
+def _names(state: Context, config: Config) -> dict[str, str]:
+    """Readable names for the ids in scope strings: flows, collections, Timers."""
+    from globus_sdk.scopes import TimersScopes
+
+    names = {flow_id: f"flow {name}" for name, flow_id in state.deployment().flows.items()}
+    names.update({e.uuid: e.name for e in config.globus.endpoints.values()})
+    names[TimersScopes.resource_server] = "timer"
+    return names
+
+
+def _describe(chain: list[Any], names: dict[str, str]) -> str:
+    """`timer > flow prune > transfer > data_access bl402-compute-dtn` for a scope chain."""
+    import re
+
+    parts = []
+    for scope in chain:
+        text = scope.scope_string
+        match = re.match(r"https://auth\.globus\.org/scopes/([0-9a-f-]{36})/(\w+)", text)
+        if match and match.group(2) == "data_access":
+            parts.append(f"data_access {names.get(match.group(1), match.group(1))}")
+        elif match:
+            parts.append(names.get(match.group(1), text))
+        elif "transfer.api.globus.org" in text:
+            parts.append("transfer")
+        else:
+            parts.append(text)
+    return " > ".join(parts)
+
+
+def _user_consents(
+    state: Context,
+    config: Config,
+    credentials: Any,
+    requirements: dict[str, list[Any]],
+    stored: dict[str, Any],
+    add: Any,
+    *,
+    offline: bool,
+) -> None:
+    """Root scopes from the stored tokens; dependent ones from Globus Auth's consent records.
+
+    A stored token lists only root scopes, so the dependencies (data_access under a flow,
+    a flow under `timer`) are read from `GET /v2/api/identities/{id}/consents`, the call
+    the SDK's own validator makes (validators.py:281-284); the identity id comes from the
+    stored tokens (the id_token's `sub` at login), so no userinfo call is needed.
+    """
+    short = [
+        f"{rs}: {scope.scope_string}"
+        for rs, scopes in requirements.items()
+        if rs in stored
+        for scope in scopes
+        if scope.scope_string not in stored[rs].scope.split()
+    ]
+    if short:
+        add("consents", "fail", f"tokens lack {'; '.join(short)}: run `dichroism login`")
+        return
+    with_dependencies = [s for scopes in requirements.values() for s in scopes if s.dependencies]
+    if not with_dependencies:
+        add("consents", "ok", "no dependent scopes needed")
+        return
+    if offline:
+        add("consents", "skip", "--offline: dependent consents (data_access, timer) not checked")
+        return
+    identity = next((d.identity_id for d in stored.values() if d.identity_id), None)
+    if identity is None:
+        add("consents", "fail", "no identity in the stored tokens: run `dichroism login`")
+        return
+    import globus_sdk
+
+    from dichroism_control.auth import build_app, unmet_chains
+    from dichroism_control.errors import DichroismError
+
+    app = build_app(credentials, token_dir=config.state_path / "tokens", interactive=False)
+    try:
+        forest = globus_sdk.AuthClient(app=app).get_consents(identity).to_forest()
+    except (globus_sdk.GlobusAPIError, globus_sdk.NetworkError, DichroismError) as exc:
+        add("consents", "fail", f"cannot read the consents from Globus Auth: {exc}")
+        return
+    names = _names(state, config)
+    missing = [
+        _describe(chain, names)
+        for scope in with_dependencies
+        for chain in unmet_chains(forest, scope)
+    ]
+    if missing:
+        add("consents", "fail", f"not consented: {'; '.join(missing)}: run `dichroism login`")
+    else:
+        add("consents", "ok", f"{len(with_dependencies)} dependent scope tree(s) consented")
+
+
+def _client_consents(
+    credentials: Any,
+    config: Config,
+    requirements: dict[str, list[Any]],
+    stored: dict[str, Any],
+    add: Any,
+) -> None:
+    """A client's dependent consents are granted with each client-credentials grant and are
+    not stored in its tokens: doctor can only tell whether a stored token was fetched for
+    the current scope plan (the record `auth.build_app` keeps beside the tokens)."""
+    from dichroism_control.auth import (
+        granted_plan_path,
+        read_granted_plan,
+        stale_resource_servers,
+    )
+
+    granted = read_granted_plan(granted_plan_path(credentials, config.state_path / "tokens"))
+    stale = [rs for rs in stale_resource_servers(granted, requirements) if rs in stored]
+    if stale:
+        add(
+            "consents",
+            "warn",
+            f"tokens for {', '.join(stale)} were fetched for an older scope plan; the next"
+            " command drops them and fetches new ones (or run `dichroism login --force`)",
+        )
+    else:
+        add("consents", "ok", "stored client tokens match the scope plan")
 
 
 def _reachability(timeout: float) -> list[tuple[str, str, str]]:

@@ -31,12 +31,20 @@ def lifecycle(
     import threading
 
     from dichroism_control.lifecycle import Lifecycle
+    from dichroism_control.ownership import require_owner
 
     state: Context = ctx.obj
+    if not once:
+        # Runs unattended: an auth requirement is an error for a person, never a prompt.
+        state.interactive = False
     config = state.config()
     deployment = state.deployment()
     # Every flow a timer may run must be in the Timers consent before the first Timers call.
-    backend = state.backend(timer_flows=[deployment.flow_id("prune")])
+    backend = require_owner(
+        state.ledger(),
+        state.backend(timer_flows=[deployment.flow_id("prune")]),
+        command="lifecycle",
+    )
     loop = Lifecycle(config, state.ledger(), backend, deployment)
     if once:
         state.emit(loop.run_once(), text=_text)

@@ -46,6 +46,27 @@ def login(
 
     state: Context = ctx.obj
     credentials, token_dir = _identity(state)
+    plan = scope_requirements(
+        None,
+        flow_ids=state.deployment().flows,
+        data_access=state.config().data_access_collections(),
+    )
+    if credentials.is_service and force:
+        # A client's "login" is a client-credentials grant for the whole plan: fresh tokens
+        # whose dependent consents (data_access, the flows under timer) are granted with it.
+        app = build_app(credentials, token_dir=token_dir, scopes=plan.requirements)
+        app.login(force=True)
+        state.emit(
+            {
+                "identity": "client",
+                "client_id": credentials.client_id,
+                "login": "tokens fetched",
+                "resource_servers": sorted(plan.requirements),
+                "unresolved": plan.unresolved,
+            },
+            text=_login_text,
+        )
+        return
     if credentials.is_service:
         state.emit(
             {
@@ -60,7 +81,6 @@ def login(
             ),
         )
         return
-    plan = scope_requirements(None, flow_ids=state.deployment().flows)
     app = build_app(credentials, token_dir=token_dir, scopes=plan.requirements)
     needed = force or app.login_required()
     app.login(force=force)
@@ -77,10 +97,12 @@ def login(
 
 
 def _login_text(doc: dict[str, Any]) -> str:
-    lines = [
-        "logged in" if doc["login"] == "done" else "already logged in (use --force to redo)",
-        f"consented for: {', '.join(doc['resource_servers'])}",
-    ]
+    heads = {
+        "done": "logged in",
+        "tokens fetched": "client credentials: new tokens fetched",
+        "already logged in": "already logged in (use --force to redo)",
+    }
+    lines = [heads[doc["login"]], f"consented for: {', '.join(doc['resource_servers'])}"]
     if doc["unresolved"]:
         lines.append(
             f"not yet deployed, so not consented: {', '.join(doc['unresolved'])}; "

@@ -46,16 +46,38 @@ def list_runs(
     ] = "new_file",
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many runs.")] = 20,
 ) -> None:
-    """The latest runs, newest first (pages fetched only as far as --limit needs)."""
+    """The latest runs, newest first (pages fetched only as far as --limit needs).
+
+    Lists the runs you own and those shared with you (run or flow manager/monitor): Flows
+    lists only the caller's own runs otherwise.
+    """
     import itertools
+
+    from dichroism_control.globus_backend import RUN_ROLES, GlobusBackend
+    from dichroism_control.ownership import visibility
 
     state: Context = ctx.obj
     ids = _flow_ids(state, flow)
     backend = state.backend()
+    if isinstance(backend, GlobusBackend):
+        listing = backend.iter_runs(flow_ids=list(ids), filter_roles=RUN_ROLES)
+    else:
+        listing = backend.iter_runs(flow_ids=list(ids))
     runs = []
-    for run in itertools.islice(backend.iter_runs(flow_ids=list(ids)), limit):
+    for run in itertools.islice(listing, limit):
         runs.append({**_summary(run), "flow": ids.get(str(run.get("flow_id")), run.get("flow_id"))})
-    state.emit({"runs": runs, "count": len(runs), "limit": limit}, text=_list_text)
+    doc: dict[str, Any] = {"runs": runs, "count": len(runs), "limit": limit}
+    seen = visibility(state.ledger(), backend)
+    doc["visibility"] = seen
+    if seen["is_owner"] is False:
+        roles = state.config().globus.roles
+        shared = roles.run_monitors or roles.run_managers
+        doc["visibility_note"] = (
+            f"listed as {seen['caller']}: runs of the ledger's owner ({seen['owner']}) show only"
+            " where you are a run or flow manager/monitor"
+            + ("" if shared else "; none are shared (globus.roles.run_monitors is empty)")
+        )
+    state.emit(doc, text=_list_text)
 
 
 def _summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -73,12 +95,13 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
 def _list_text(data: dict[str, Any]) -> str:
     from dichroism_control.output import table
 
+    note = f"\nnote: {data['visibility_note']}" if data.get("visibility_note") else ""
     if not data["runs"]:
-        return "no runs"
+        return "no runs" + note
     rows = [
         [r["run_id"], r["flow"], r["status"], r["start_time"], r["label"]] for r in data["runs"]
     ]
-    return table(rows, ["run_id", "flow", "status", "started", "label"])
+    return table(rows, ["run_id", "flow", "status", "started", "label"]) + note
 
 
 @runs_app.command("show")

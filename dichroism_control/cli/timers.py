@@ -42,9 +42,19 @@ def list_timers(
 ) -> None:
     """Prune timers: id, name, next run, files, state (ledger batches + Timers' own list)."""
     from dichroism_control import lifecycle
+    from dichroism_control.ownership import visibility
 
     state: Context = ctx.obj
-    result = lifecycle.list_timers(state.ledger(), _backend(state), include_done=show_all)
+    backend = _backend(state)
+    result = lifecycle.list_timers(state.ledger(), backend, include_done=show_all)
+    seen = visibility(state.ledger(), backend)
+    result["visibility"] = seen
+    if seen["is_owner"] is False:
+        # Timers has no role filter: `GET /jobs/` lists "the current user's timers".
+        result["visibility_note"] = (
+            f"Timers lists only your own timers: those of the ledger's owner ({seen['owner']})"
+            " are not shown; the ledger's batches are"
+        )
     state.emit(result, text=_list_text)
 
 
@@ -55,9 +65,13 @@ def cancel(
 ) -> None:
     """Delete a timer. Its batch is marked cancelled and its files are rebatched next pass."""
     from dichroism_control import lifecycle
+    from dichroism_control.ownership import require_owner
 
     state: Context = ctx.obj
-    result = lifecycle.cancel_timer(state.ledger(), _backend(state), timer_id)
+    # Another identity's delete answers 404, which would release the batch for rebatching
+    # while the owner's timer still exists: only the owner may cancel.
+    backend = require_owner(state.ledger(), _backend(state), command="timers cancel")
+    result = lifecycle.cancel_timer(state.ledger(), backend, timer_id)
     state.emit(result, text=_cancel_text)
 
 
@@ -76,6 +90,8 @@ def _list_text(result: dict[str, Any]) -> str:
     )
     if result.get("remote_error"):
         lines.append(f"warning: Timers not reachable, ledger view only ({result['remote_error']})")
+    if result.get("visibility_note"):
+        lines.append(f"note: {result['visibility_note']}")
     return "\n".join(lines)
 
 

@@ -46,7 +46,10 @@ def validate(
         report["config_errors"] = []
     except ConfigError as exc:
         report["config_errors"] = [str(exc)]
+    report["warnings"] = config.warnings()
     report["valid"] = not problems and not report["config_errors"]
+    for warning in report["warnings"]:
+        state.warn(warning)
     state.emit(report, text=_text)
     if report["config_errors"]:
         raise ConfigError(report["config_errors"][0])

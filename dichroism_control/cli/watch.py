@@ -17,11 +17,13 @@ def register(app: typer.Typer) -> None:
     app.command("submit")(submit)
 
 
-def _launcher(state: Context) -> Launcher:
+def _launcher(state: Context, *, command: str) -> Launcher:
     from dichroism_control.launcher import Launcher
+    from dichroism_control.ownership import require_owner
 
     config = state.config()
-    return Launcher(config, state.ledger(), state.backend(), state.deployment())
+    backend = require_owner(state.ledger(), state.backend(), command=command)
+    return Launcher(config, state.ledger(), backend, state.deployment())
 
 
 def watch(
@@ -48,6 +50,8 @@ def watch(
     from dichroism_control.service import WatchService, start_lifecycle
 
     state: Context = ctx.obj
+    # A service: nobody answers a login prompt, and worker threads must never block on one.
+    state.interactive = False
     config = state.config()
     if beamline is not None:
         config.beamline(beamline)  # one-line error for an unknown name
@@ -68,12 +72,15 @@ def watch(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         from dichroism_control.launcher import Launcher
+        from dichroism_control.ownership import require_owner
 
         deployment = state.deployment()
         # The lifecycle loop schedules prune timers through this backend: the prune flow
         # must be declared before the first Timers token (GLOBUS_NOTES: consent trap).
         prune = deployment.flows.get("prune")
-        backend = state.backend(timer_flows=[prune] if prune else None)
+        backend = require_owner(
+            state.ledger(), state.backend(timer_flows=[prune] if prune else None), command="watch"
+        )
         launcher = Launcher(config, state.ledger(), backend, deployment)
         watcher = WatchService(
             config, launcher, beamlines=[beamline] if beamline else None, poll=poll
@@ -114,7 +121,7 @@ def submit(
     state: Context = ctx.obj
     config = state.config()
     config.beamline(beamline)
-    launcher = _launcher(state)
+    launcher = _launcher(state, command="submit")
     local = os.path.abspath(path)
     scan_route = launcher.route(local, beamline=beamline)
     if not matches(config.beamline(beamline), scan_route.rel):

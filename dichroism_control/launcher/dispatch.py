@@ -82,8 +82,7 @@ class Dispatcher:
             self._outcomes.flush()
         except Exception as exc:
             log.error(
-                "recording %d outcome(s) failed (%s); those scans are looked up at the next"
-                " start",
+                "recording %d outcome(s) failed (%s); those scans are looked up at the next start",
                 self._outcomes.pending(),
                 exc,
             )

@@ -26,6 +26,8 @@ class Outcome:
     next_attempt_at: float | None = None
     # A Retry-After the service asked for: the dispatcher pauses every claim until then.
     pause_until: float | None = None
+    # Globus wants a person (a login, a consent): not the scan's fault, not retried blindly.
+    needs_person: bool = False
 
 
 class OutcomeWriter:

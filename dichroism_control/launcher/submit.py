@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dichroism_control.errors import (
+    AuthRequiredError,
     BackendError,
     ConfigError,
     DichroismError,
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from dichroism_control.ledger import Ledger
 
 log = logging.getLogger(__name__)
+
+# Scans whose new_file run is started, or being started, and not yet seen finished.
+IN_FLIGHT_SQL = "SELECT COUNT(*) AS n FROM scans WHERE state IN ('submitting', 'submitted')"
 
 # These answers come from in front of the service (rate limiter, load balancer with no
 # healthy target): the run was certainly not started, so no lookup is needed before a retry.
@@ -80,6 +85,9 @@ class Launcher:
         self.recovery = Recovery(
             ledger, backend, self.flow_id, clock=clock, lookup_margin=lookup_margin
         )
+        # One log line per auth problem, not one per scan of a claimed batch.
+        self._auth_logged: tuple[str, float] = ("", 0.0)
+        self._auth_lock = threading.Lock()
 
     def request_for(self, scan_route: Route, scan: Scan) -> RunRequest:
         return self.requests.request_for(scan_route, scan, now=self.clock())
@@ -112,12 +120,29 @@ class Launcher:
         return Scan.from_row(rows[0])
 
     # -- the queue -----------------------------------------------------------------------
+    def in_flight(self) -> int:
+        """new_file runs started (or being started) and not yet seen finished."""
+        rows = self.ledger.query(IN_FLIGHT_SQL)
+        return int(rows[0]["n"])
+
+    def free_slots(self) -> int:
+        """How many more runs may start now (`submit.max_runs_in_flight`)."""
+        return max(0, self.config.submit.max_runs_in_flight - self.in_flight())
+
     def claim(self, *, limit: int, scan_ids: list[int] | None = None) -> list[Claim]:
-        """Move due `detected` scans to `submitting`, committed before anything is sent."""
+        """Move due `detected` scans to `submitting`, committed before anything is sent.
+
+        At most `submit.max_runs_in_flight` runs are in flight: the rest of a backlog waits
+        in the ledger, `detected`, and a slot frees when the lifecycle sees a run finish.
+        """
         now = self.clock()
         with self.ledger.transaction() as conn:
             # IMMEDIATE: a concurrent writer waits rather than failing the snapshot later.
             conn.execute("BEGIN IMMEDIATE")
+            in_flight = int(conn.execute(IN_FLIGHT_SQL).fetchone()["n"])
+            limit = min(limit, self.config.submit.max_runs_in_flight - in_flight)
+            if limit <= 0:
+                return []
             if scan_ids is None:
                 rows = conn.execute(
                     f"SELECT * FROM scans WHERE state = 'detected' AND next_attempt_at <= ?"
@@ -128,8 +153,8 @@ class Launcher:
                 marks = ",".join("?" * len(scan_ids))
                 rows = conn.execute(
                     f"SELECT * FROM scans WHERE state = 'detected' AND id IN ({marks})"
-                    f" AND {_NO_OLDER_RUN_IN_FLIGHT}",
-                    tuple(scan_ids),
+                    f" AND {_NO_OLDER_RUN_IN_FLIGHT} ORDER BY id LIMIT ?",
+                    (*scan_ids, limit),
                 ).fetchall()
             claims = []
             updates = []
@@ -148,7 +173,10 @@ class Launcher:
         return claims
 
     def next_due(self) -> float | None:
-        """When the earliest queued scan becomes due (None: nothing queued)."""
+        """When the earliest queued scan becomes due (None: nothing queued, or no slot free:
+        then only the lifecycle seeing a run finish frees one)."""
+        if self.free_slots() <= 0:
+            return None
         rows = self.ledger.query(
             "SELECT MIN(next_attempt_at) AS due FROM scans WHERE state = 'detected'"
             f" AND {_NO_OLDER_RUN_IN_FLIGHT}"
@@ -193,6 +221,8 @@ class Launcher:
                     write=write,
                 )
             run = self.backend.run_flow(request)
+        except AuthRequiredError as exc:
+            return self._needs_person(claim, exc, write=write)
         except TransientBackendError as exc:
             # After a lookup failed, or an error the run may have outlived: stay uncertain.
             started = claim.uncertain or exc.http_status not in NOT_STARTED_STATUSES
@@ -246,6 +276,40 @@ class Launcher:
         )
         log.error("%s: submission FAILED (not retried): %s", claim.scan.path, reason)
         return Outcome(claim.scan.id, claim.scan.path, "failed", error=reason)
+
+    def _needs_person(self, claim: Claim, exc: AuthRequiredError, *, write: Record) -> Outcome:
+        """Globus wants a login or a consent: give the claim back as if never made (the
+        scan is fine), and pause every claim for `backoff_max_seconds`; the error line names
+        the command to run. Never a prompt: the watcher has no one at its terminal."""
+        now = self.clock()
+        resume = now + self.config.submit.backoff_max_seconds
+        reason = str(exc)
+        write(
+            claim.scan.id,
+            {
+                "state": "detected",
+                "attempts": claim.scan.attempts,
+                "next_attempt_at": resume,
+                "last_error": reason,
+                "submit_started_at": claim.since if claim.uncertain else None,
+            },
+        )
+        with self._auth_lock:
+            last, at = self._auth_logged
+            quiet = last == reason and now - at < self.config.submit.backoff_max_seconds
+            if not quiet:
+                self._auth_logged = (reason, now)
+        if not quiet:
+            log.error("submissions paused, a person is needed: %s", reason)
+        return Outcome(
+            claim.scan.id,
+            claim.scan.path,
+            "detected",
+            error=reason,
+            next_attempt_at=resume,
+            pause_until=resume,
+            needs_person=True,
+        )
 
     def _retry(self, claim: Claim, exc: BackendError, *, uncertain: bool, write: Record) -> Outcome:
         settings = self.config.submit
@@ -323,15 +387,24 @@ class Launcher:
                     f" AND id IN ({marks})",
                     tuple(scan_ids),
                 )
-                if not rows:
+                if not rows or self.free_slots() <= 0:
+                    # Nothing left, or every slot taken: the scans wait in the ledger for
+                    # the watcher, which sends them as the lifecycle sees runs finish.
                     return outcomes
                 now = self.clock()
                 ready = [int(r["id"]) for r in rows if r["next_attempt_at"] <= now]
                 claims = self.claim(limit=len(ready), scan_ids=ready) if ready else []
                 due_at = None if claims else min(float(r["next_attempt_at"]) for r in rows)
-            for claim in claims:
-                outcomes.append(self.attempt(claim))
+            for index, claim in enumerate(claims):
+                outcome = self.attempt(claim)
+                outcomes.append(outcome)
+                if outcome.needs_person:
+                    # Waiting would not help: a person must act first. Every scan stays
+                    # queued, the unsent claims given back as if never made.
+                    for unsent in claims[index + 1 :]:
+                        self.release(unsent)
+                    raise AuthRequiredError(outcome.error or "Globus login needed")
             if not claims:
-                if due_at is None:
+                if due_at is None or self.free_slots() <= 0:
                     return outcomes
                 sleep(max(0.0, due_at - self.clock()))

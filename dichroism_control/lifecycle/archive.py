@@ -66,10 +66,14 @@ class ArchiveGroups(Step):
         ]
 
     def follow(self, listing: Listing, summary: Counter[str]) -> None:
+        seen: list[tuple[dict[str, Any], str]] = []
         for run_id, group_id in self._submitted.items():
             run = listing.get("run_id", run_id)
+            if run is not None:
+                seen.append((run, f"group:{group_id}"))
             if run is not None and run.get("status") in FINAL_STATUSES:
                 self.finish(group_id, run, summary)
+        self.note_waiting("archive", seen, summary)
 
     def finish(self, group_id: int, run: dict[str, Any], summary: Counter[str]) -> None:
         now = self.clock()

@@ -13,6 +13,7 @@ import json
 import re
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,6 +100,16 @@ def failure_reason(run: dict[str, Any]) -> str:
             parts.append(summary if not parts else f"({summary})")
     reason = " ".join(parts) or f"run {run.get('status', 'FAILED')}"
     return reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 1] + "…"
+
+
+def waiting_reason(run: dict[str, Any]) -> tuple[str | None, str]:
+    """(details.code, one-line reason) of a run seen INACTIVE, e.g. ConsentRequired."""
+    details = run.get("details") if isinstance(run.get("details"), dict) else {}
+    code = details.get("code") if isinstance(details, dict) else None
+    description = details.get("description") if isinstance(details, dict) else None
+    reason = ": ".join(str(p) for p in (code, description) if p) or "run INACTIVE"
+    reason = reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 1] + "…"
+    return (str(code) if code else None), reason
 
 
 def proposal_directory(settings: Beamline, rel: str) -> tuple[str, str]:
@@ -217,6 +228,36 @@ class Step:
             run_managers=list(roles.run_managers),
             notify_on=list(self.config.globus.notifications.status),
         )
+
+    def note_waiting(
+        self,
+        flow: str,
+        seen: list[tuple[dict[str, Any], str]],
+        summary: Counter[str],
+    ) -> None:
+        """Record which of the runs just seen (run, subject) are INACTIVE, and forget those
+        that are not any more: an INACTIVE run needs a person and is never progress
+        (`Ledger.waiting_runs`)."""
+        if not seen:
+            return
+        now = self.clock()
+        with self.ledger.transaction() as conn:
+            for run, subject in seen:
+                if run.get("status") == "INACTIVE":
+                    code, reason = waiting_reason(run)
+                    self.ledger.record_waiting(
+                        conn,
+                        run_id=str(run["run_id"]),
+                        flow=flow,
+                        subject=subject,
+                        code=code,
+                        reason=reason,
+                        now=now,
+                    )
+                    summary["runs_inactive"] += 1
+            self.ledger.clear_waiting(
+                conn, [str(r["run_id"]) for r, _ in seen if r.get("status") != "INACTIVE"]
+            )
 
     def record_failure(
         self, conn: sqlite3.Connection, run: dict[str, Any], flow: str, subject: str, reason: str

@@ -87,6 +87,7 @@ class PruneRuns(Step):
         row = rows[0]
         status = run.get("status")
         now = self.clock()
+        self.note_waiting("prune", [(run, f"batch:{batch}")], summary)
         if status not in FINAL_STATUSES:
             # The timer fired: the batch is scheduled whatever the ledger said before.
             self.ledger.execute(

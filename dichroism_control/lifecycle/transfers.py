@@ -28,10 +28,14 @@ class NewFileRuns(Step):
         return [Awaited("run_id", str(r["run_id"]), "new_file", float(r["since"])) for r in rows]
 
     def follow(self, listing: Listing, summary: Counter[str]) -> None:
+        seen: list[tuple[dict[str, Any], str]] = []
         for run_id, scan_id in self._scans.items():
             run = listing.get("run_id", run_id)
+            if run is not None:
+                seen.append((run, f"scan:{scan_id}"))
             if run is not None and run.get("status") in FINAL_STATUSES:
                 self.finish(scan_id, run, summary)
+        self.note_waiting("new_file", seen, summary)
 
     def finish(self, scan_id: int, run: dict[str, Any], summary: Counter[str]) -> None:
         now = self.clock()

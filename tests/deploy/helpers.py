@@ -53,13 +53,22 @@ def _resource_server(scope: str) -> str:
 
 
 def token_callback(request: Any) -> tuple[int, dict[str, str], str]:
-    """A client-credentials grant (the recorded fixture's shape) for whatever was asked."""
+    """A client-credentials grant (the recorded fixture's shape) for whatever was asked.
+
+    Scopes are parsed as Globus Auth reads them (a space inside `[...]` separates
+    dependencies, not requested scopes), grouped by their root's resource server, and each
+    token's `scope` lists root scopes only: what the SDK's validator compares it with
+    (token_storage/validating_token_storage/validators.py:244-247).
+    """
+    from globus_sdk.scopes import ScopeParser
+
     form = parse_qs(request.body if isinstance(request.body, str) else request.body.decode())
     assert form["grant_type"] == ["client_credentials"]
-    scopes = form.get("scope", [""])[0].split()
+    roots = [s.scope_string for s in ScopeParser.parse(form.get("scope", [""])[0])]
     groups: dict[str, list[str]] = {}
-    for scope in scopes:
-        groups.setdefault(_resource_server(scope), []).append(scope)
+    for scope in roots:
+        if scope not in groups.get(_resource_server(scope), []):
+            groups.setdefault(_resource_server(scope), []).append(scope)
     tokens = [
         {
             "access_token": f"token-for-{rs}",

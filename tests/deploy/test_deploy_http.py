@@ -22,6 +22,12 @@ from tests.conftest import GROUP
 from tests.deploy.helpers import FakeGlobus, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
+SUBSCRIPTION = "5a05c000-0000-4000-8000-000000000001"
+NO_SUBSCRIPTION_WARNING = (
+    "dichroism: warning: globus.subscription_id is not set: flows without a subscription"
+    " expire after 30 days and an identity may own only one such flow, so the three flows"
+    " need one (docs.globus.org/api/flows/limits)\n"
+)
 FLOW_TITLES = {
     "new_file": "Dichroism: new scan",
     "archive": "Dichroism: archive",
@@ -379,7 +385,7 @@ def test_shipped_config_with_placeholder_ids_is_refused(
 
     assert code == 2
     assert out == ""
-    assert err == (
+    assert err == NO_SUBSCRIPTION_WARNING + (
         "dichroism: error: globus.endpoints.bl402-compute-dtn.uuid: placeholder UUID; set the "
         "real id before talking to Globus (5 more placeholder(s))\n"
     )
@@ -396,7 +402,7 @@ def test_public_starters_are_refused_unless_allowed(
     code, out, err = run_cli(["--config", str(config_path), "deploy"], capsys)
 
     assert code == 2 and out == ""
-    assert err == (
+    assert err == NO_SUBSCRIPTION_WARNING + (
         "dichroism: error: globus.roles.flow_starters: all_authenticated_users would let anyone "
         "start the flows; set globus.allow_public_starters or pass --allow-public-starters\n"
     )
@@ -432,7 +438,7 @@ def test_invalid_definition_is_refused_before_any_write(
     )
 
     assert code == 2 and out == ""
-    assert err == (
+    assert err == NO_SUBSCRIPTION_WARNING + (
         "dichroism: error: refusing to deploy: new_file: States.StatDestination.Next: "
         "'Nowhere' is not a state\n"
     )
@@ -490,3 +496,49 @@ def test_state_file_keeps_ids_and_checksums(
     function = state["globus"]["functions"]["cfs_verify"]
     assert set(function) == {"id", "checksum"}
     copy.deepcopy(state)  # plain JSON
+
+
+# -- subscription -------------------------------------------------------------------------
+def test_subscription_id_is_sent_on_create_and_on_update(
+    fake_globus: FakeGlobus, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Flows without a subscription expire after 30 days and an identity may own only one
+    (docs.globus.org/api/flows/limits): `subscription_id` goes on `POST /flows` and on
+    `PUT /flows/{id}` (globus_sdk FlowsClient.create_flow / update_flow `subscription_id`,
+    services/flows/client.py:72 and :371)."""
+
+    def with_subscription(data: dict[str, Any]) -> None:
+        data["globus"]["subscription_id"] = SUBSCRIPTION
+
+    config_path = write_config(with_subscription)
+    code, report, err = _deploy(config_path, capsys)
+    assert code == 0 and report["warnings"] == [] and "warning" not in err
+    creates = [json.loads(c.request.body) for c in fake_globus.calls("POST", "/flows")]
+    assert creates == [
+        {**_expected_flow_body(config_path, name), "subscription_id": SUBSCRIPTION}
+        for name in FLOW_TITLES
+    ]
+
+    def retitled(data: dict[str, Any]) -> None:
+        with_subscription(data)
+        data["globus"]["flows"]["archive"]["title"] = "Dichroism: archive v2"
+
+    config_path = write_config(retitled)
+    code, report, _ = _deploy(config_path, capsys)
+    assert code == 0 and _actions(report, "flows")["archive"] == "updated"
+    (update,) = fake_globus.calls("PUT")
+    expected = {**_expected_flow_body(config_path, "archive"), "subscription_id": SUBSCRIPTION}
+    assert json.loads(update.request.body) == {**expected, "title": "Dichroism: archive v2"}
+
+
+def test_deploy_on_globus_without_a_subscription_warns_loudly(
+    fake_globus: FakeGlobus, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs.globus.org/api/flows/limits: a flow without a subscription expires after 30 days
+    and an identity may own only one. The deploy goes ahead, but says so on stderr and in the
+    JSON document."""
+    code, report, err = _deploy(write_config(), capsys)
+    assert code == 0 and _actions(report, "flows") == {n: "created" for n in FLOW_TITLES}
+    assert err == NO_SUBSCRIPTION_WARNING
+    assert report["warnings"] == [NO_SUBSCRIPTION_WARNING.removeprefix("dichroism: warning: ")[:-1]]
+    assert "subscription_id" not in json.loads(fake_globus.calls("POST", "/flows")[0].request.body)

@@ -175,6 +175,7 @@ def test_doctor_reports_each_check_without_secrets(
         "placeholder ids": "ok",
         "credentials": "ok",
         "tokens": "ok",
+        "consents": "ok",
         "reach auth": "ok",
         "reach flows": "ok",
         "reach timer": "ok",

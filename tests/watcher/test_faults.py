@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from dichroism_control.config import Config
+from dichroism_control.deploy_state import Deployment
 from dichroism_control.launcher import Launcher, run_label
 from dichroism_control.ledger import Ledger
 from dichroism_control.service import WatchService
@@ -62,9 +63,13 @@ def test_disk_full_mid_burst_then_crash_then_space_back_loses_and_duplicates_not
 ) -> None:
     disk = FullDisk(ledger._conn)
     ledger._conn = disk  # type: ignore[assignment]
+    # No lifecycle ends these runs here: lift the in-flight bound so all can be sent.
+    cfg = cfg.model_copy(
+        update={"submit": cfg.submit.model_copy(update={"max_runs_in_flight": 100_000})}
+    )
     root = Path(cfg.beamlines["bl402"].watch.root)
     rels = [f"P{i % 3}/scan_{i:03d}.h5" for i in range(120)]
-    first = WatchService(cfg, make_launcher(fake), workers=4)
+    first = WatchService(cfg, Launcher(cfg, ledger, fake, Deployment.resolve(cfg)), workers=4)
     first.start()
     for rel in rels[:60]:
         write_file(root / rel, rel.encode())
@@ -80,7 +85,7 @@ def test_disk_full_mid_burst_then_crash_then_space_back_loses_and_duplicates_not
     first.stop(timeout=10)
     sent_before = len(fake.requests)
     disk.full = False
-    again = WatchService(cfg, make_launcher(fake), workers=4)
+    again = WatchService(cfg, Launcher(cfg, ledger, fake, Deployment.resolve(cfg)), workers=4)
     again.start()
     try:
         assert _wait(lambda: len({r.label for r in fake.requests}) == len(rels)), len(fake.requests)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dichroism_control.config import Config
+from dichroism_control.deploy_state import Deployment
 from dichroism_control.launcher import Launcher, run_label
 from dichroism_control.ledger import Ledger
 from dichroism_control.service import WatchService
@@ -29,12 +30,18 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 @pytest.fixture
 def running(
-    cfg: Config, make_launcher: Callable[..., Launcher], fake: FakeBackend
+    cfg: Config, ledger: Ledger, fake: FakeBackend
 ) -> Iterator[Callable[..., WatchService]]:
     started: list[WatchService] = []
+    # Detection is under test here, not the in-flight bound (tests/watcher/test_throughput.py):
+    # the fake's runs never finish, so lift it.
+    unbounded = cfg.model_copy(
+        update={"submit": cfg.submit.model_copy(update={"max_runs_in_flight": 100_000})}
+    )
 
     def start(*, poll: bool = False, backend: FakeBackend | None = None) -> WatchService:
-        watcher = WatchService(cfg, make_launcher(backend or fake), poll=poll, workers=4)
+        launcher = Launcher(unbounded, ledger, backend or fake, Deployment.resolve(cfg))
+        watcher = WatchService(unbounded, launcher, poll=poll, workers=4)
         watcher.start()
         started.append(watcher)
         return watcher
