@@ -14,6 +14,7 @@ Prune progress is kept per location (dtn_pruned_at / cfs_pruned_at); `pruned` me
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -113,7 +114,29 @@ CREATE TABLE IF NOT EXISTS run_failures (
 CREATE INDEX IF NOT EXISTS run_failures_subject ON run_failures(subject);
 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+
+-- Files the watcher found but will not ship (outside the root, unsafe names, ...): one row
+-- per path, so `status` and alerts show them instead of a log line nobody reads.
+CREATE TABLE IF NOT EXISTS refusals (
+    path TEXT PRIMARY KEY,
+    beamline TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'refused',   -- refused | quarantined
+    count INTEGER NOT NULL DEFAULT 1,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL
+);
+
+-- What the alert digests already told a person (keys of failures, conditions, events), so a
+-- restart never sends the same digest again.
+CREATE TABLE IF NOT EXISTS notified (key TEXT PRIMARY KEY, sent_at REAL NOT NULL);
 """
+
+# Additive migrations for databases created before a column existed: (table, column, DDL).
+MIGRATIONS = (
+    # The failure's full structure (JSON) beside its one-line reason: `--format json`.
+    ("run_failures", "cause", "ALTER TABLE run_failures ADD COLUMN cause TEXT"),
+)
 
 
 @dataclass(frozen=True)
@@ -189,6 +212,11 @@ class Ledger(Database):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA)
+        with self.transaction() as conn:
+            for table, column, ddl in MIGRATIONS:
+                columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    conn.execute(ddl)
 
     # -- scans ---------------------------------------------------------------------------
     def add_scan(
@@ -291,6 +319,40 @@ class Ledger(Database):
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
+
+    # -- meta, refusals ------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        """A JSON value kept in the meta table (None when absent or not JSON)."""
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        if not rows:
+            return None
+        try:
+            return json.loads(rows[0]["value"])
+        except ValueError:
+            return None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value, sort_keys=True, default=str)),
+        )
+
+    def record_refusals(
+        self, rows: list[tuple[str, str, str]], *, kind: str = "refused", now: float | None = None
+    ) -> None:
+        """Remember files the watcher will not ship: (beamline, path, reason) each."""
+        if not rows:
+            return
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO refusals (path, beamline, reason, kind, first_at, last_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
+                " reason = excluded.reason, kind = excluded.kind, count = count + 1,"
+                " last_at = excluded.last_at",
+                [(path, beamline, reason, kind, now, now) for beamline, path, reason in rows],
+            )
 
 
 _SCAN_COLUMNS = {
