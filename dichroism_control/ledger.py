@@ -313,9 +313,11 @@ class Ledger(Database):
         """
         return self.query(
             "SELECT 'archive' AS step, beamline, archive_name AS subject, label, run_id,"
-            " last_error, attempts, updated_at FROM archive_groups WHERE state = 'failed'"
+            " last_error, attempts, NULL AS files, updated_at FROM archive_groups"
+            " WHERE state = 'failed'"
             " UNION ALL SELECT 'prune ' || location, beamline, batch, label, run_id, last_error,"
-            " files, updated_at FROM prune_timers WHERE state = 'failed'"
+            " (SELECT COUNT(*) FROM run_failures WHERE subject = 'batch:' || batch), files,"
+            " updated_at FROM prune_timers WHERE state = 'failed'"
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )

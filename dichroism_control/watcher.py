@@ -411,16 +411,19 @@ class Watcher:
 
     def _record(self, finished: list[Finished]) -> None:
         rows: list[tuple[str, str, str, int, float]] = []
+        refused: list[tuple[str, str, str]] = []
         for item in finished:
             try:
                 found = route(self.config, item.path, beamline=item.beamline)
             except RouteError as exc:
+                refused.append((item.beamline, item.path, str(exc)))
                 self.refused += 1
                 if item.path not in self._refused and len(self._refused) < 10_000:
                     self._refused.add(item.path)
                     log.warning("refused: %s", exc)
                 continue
             rows.append((found.beamline, found.local_path, found.rel, item.size, item.mtime))
+        self.ledger.record_refusals(refused)  # `status` and alerts show them
         new = self.ledger.record_detected(rows)
         if new:
             self.detected += new
