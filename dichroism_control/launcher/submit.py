@@ -71,6 +71,8 @@ class Launcher:
         self.recovery = Recovery(
             ledger, backend, self.flow_id, clock=clock, lookup_margin=lookup_margin
         )
+        # Metrics hook: (beamline, seconds from the first attempt to the run id).
+        self.on_submitted: Callable[[str, float], None] | None = None
 
     def request_for(self, scan_route: Route, size: int) -> RunRequest:
         return self.requests.request_for(scan_route, size)
@@ -212,6 +214,8 @@ class Launcher:
                 "next_attempt_at": 0,
             },
         )
+        if self.on_submitted is not None:
+            self.on_submitted(claim.scan.beamline, self.clock() - claim.since)
         if adopted:
             log.warning(
                 "%s: adopted run %s started before an interruption", claim.scan.path, run_id
