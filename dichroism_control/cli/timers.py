@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -44,7 +45,16 @@ def list_timers(
     from dichroism_control import lifecycle
 
     state: Context = ctx.obj
-    result = lifecycle.list_timers(state.ledger(), _backend(state), include_done=show_all)
+    ledger = state.ledger()
+    result = lifecycle.list_timers(ledger, _backend(state), include_done=show_all)
+    # A failed batch's reason is its cause in one line; JSON also gets the full structure.
+    for timer in result["timers"]:
+        if timer.get("run_id") and timer.get("state") == "failed":
+            rows = ledger.query(
+                "SELECT cause FROM run_failures WHERE run_id = ?", (timer["run_id"],)
+            )
+            if rows and rows[0]["cause"]:
+                timer["cause"] = json.loads(rows[0]["cause"])
     state.emit(result, text=_list_text)
 
 
@@ -62,13 +72,20 @@ def cancel(
 
 
 def _list_text(result: dict[str, Any]) -> str:
-    from dichroism_control.output import table
+    from dichroism_control.output import local_time, table
 
     rows = [
-        (t["id"] or "-", t["name"] or "-", t["next_run"] or "-", t["files"] or "-", t["state"])
+        (
+            t["id"] or "-",
+            t["name"] or "-",
+            local_time(t["next_run"]) or "-",
+            t["files"] or "-",
+            t["state"],
+        )
         for t in result["timers"]
     ]
-    lines = [table(rows, ("ID", "NAME", "NEXT RUN", "FILES", "STATE"))] if rows else ["no timers"]
+    headers = ("Timer ID", "Name", "Next Run", "Files", "State")
+    lines = [table(rows, headers)] if rows else ["no timers"]
     lines.extend(
         f"{t['name']}: {t['last_error']}"
         for t in result["timers"]
