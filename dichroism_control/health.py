@@ -204,15 +204,20 @@ def _watcher(config: Config, ledger: Ledger, now: float) -> tuple[dict[str, Any]
 
 
 def _lifecycle(
-    config: Config, ledger: Ledger, now: float, watcher_alive: bool
+    config: Config, ledger: Ledger, now: float, watcher: dict[str, Any]
 ) -> tuple[dict[str, Any], list[Problem]]:
     last = _meta(ledger, "last_lifecycle_pass")
     at = timestamp((last or {}).get("at"))
     limit = config.health.lifecycle_stale_seconds
     if at is None:
         info: dict[str, Any] = {"last_pass_at": None}
-        if watcher_alive:
-            return info, [Problem("lifecycle", "lifecycle: no pass recorded yet")]
+        # A service that just started has not finished its first pass yet: not a problem
+        # until it has run for longer than the threshold.
+        up_since = timestamp(watcher.get("started_at"))
+        if watcher.get("state") == "alive" and up_since is not None and now - up_since > limit:
+            return info, [
+                Problem("lifecycle", f"lifecycle: no pass in {duration(now - up_since)} of watch")
+            ]
         return info, []
     errors = list((last or {}).get("errors") or [])
     info = {"last_pass_at": iso(at), "age_seconds": round(now - at, 1), "errors": errors}
@@ -412,7 +417,7 @@ def assess(
     """Everything `status` shows about health, and the problems (empty: healthy)."""
     now = time.time() if now is None else now
     watcher, problems = _watcher(config, ledger, now)
-    lifecycle, found = _lifecycle(config, ledger, now, watcher.get("state") == "alive")
+    lifecycle, found = _lifecycle(config, ledger, now, watcher)
     problems += found
     flight, found = _flight_check(config, ledger, now)
     problems += found

@@ -260,3 +260,22 @@ def test_health_thresholds_are_strict_config(write_config: Callable[..., Path]) 
     assert config.health.heartbeat_stale_seconds == 30
     assert config.health.backlog_age_warn_seconds.detected == 60
     assert config.health.backlog_age_warn_seconds.submitted == 86400  # the documented default
+
+
+def test_lifecycle_passes_must_keep_coming(cfg: Config, ledger: Ledger) -> None:
+    def beat(started: float) -> None:
+        ledger.set_meta("heartbeat", {"at": NOW - 1, "pid": 1, "host": "h", "started_at": started})
+
+    beat(NOW - 60)  # just started: its first pass is not due yet
+    assert codes(cfg, ledger) == []
+    beat(NOW - 2 * HOUR)
+    report = assess(cfg, ledger, now=NOW)
+    assert [p.message for p in report.problems] == ["lifecycle: no pass in 2 h 00 min of watch"]
+    record_lifecycle_pass(ledger, {"errors": ["listing runs: 503"]}, now=NOW - 1000)
+    report = assess(cfg, ledger, now=NOW)
+    assert report.lifecycle["errors"] == ["listing runs: 503"]
+    assert [p.message for p in report.problems] == [
+        "lifecycle: no pass for 16 min (threshold 15 min)"
+    ]
+    record_lifecycle_pass(ledger, {}, now=NOW - 10)
+    assert codes(cfg, ledger) == []
