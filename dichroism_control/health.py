@@ -282,26 +282,24 @@ def _beamlines(config: Config, ledger: Ledger, now: float) -> dict[str, dict[str
         }
         for name in names
     }
-    for stage in STAGES:
-        since = _STAGE_SINCE[stage]
-        for row in ledger.query(
-            f"SELECT beamline, COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes,"
-            f" MIN({since}) AS oldest FROM scans WHERE state = ? GROUP BY beamline",
-            (stage,),
-        ):
-            oldest = float(row["oldest"]) if row["oldest"] is not None else None
-            oldest_id = ledger.query(
-                f"SELECT id FROM scans WHERE state = ? AND beamline = ?"
-                f" ORDER BY {since}, id LIMIT 1",
-                (stage, row["beamline"]),
-            )
-            report[row["beamline"]]["backlog"][stage] = {
-                "count": int(row["n"]),
-                "bytes": int(row["bytes"]),
-                "oldest_at": iso(oldest),
-                "oldest_age_seconds": round(now - oldest, 1) if oldest is not None else None,
-                "oldest_scan_id": int(oldest_id[0]["id"]) if oldest_id else None,
-            }
+    # One pass over the scans still on their way (the state index skips the history);
+    # SQLite gives a bare column (id) from the row that holds the MIN().
+    since = " ".join(f"WHEN '{stage}' THEN {expr}" for stage, expr in _STAGE_SINCE.items())
+    marks = ", ".join("?" for _ in STAGES)
+    for row in ledger.query(
+        f"SELECT beamline, state, COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes,"
+        f" MIN(CASE state {since} END) AS oldest, id FROM scans WHERE state IN ({marks})"
+        f" GROUP BY beamline, state",
+        STAGES,
+    ):
+        oldest = float(row["oldest"]) if row["oldest"] is not None else None
+        report[row["beamline"]]["backlog"][row["state"]] = {
+            "count": int(row["n"]),
+            "bytes": int(row["bytes"]),
+            "oldest_at": iso(oldest),
+            "oldest_age_seconds": round(now - oldest, 1) if oldest is not None else None,
+            "oldest_scan_id": int(row["id"]),
+        }
     for row in ledger.query(
         "SELECT beamline, COUNT(*) AS n FROM scans WHERE state = 'failed' GROUP BY beamline"
     ):
@@ -318,7 +316,7 @@ def _beamlines(config: Config, ledger: Ledger, now: float) -> dict[str, dict[str
             }
         for row in ledger.query(
             f"SELECT beamline, COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM scans"
-            f" WHERE {column} >= ? GROUP BY beamline",
+            f" INDEXED BY scans_{column} WHERE {column} >= ? GROUP BY beamline",
             (window_start,),
         ):
             report[row["beamline"]]["throughput_24h"][step] = {
@@ -329,15 +327,28 @@ def _beamlines(config: Config, ledger: Ledger, now: float) -> dict[str, dict[str
             }
     overdue_after = config.health.prune_overdue_seconds
     for name, settings in config.beamlines.items():
-        for location, column, pruned, days in (
-            ("compute_dtn", "transferred_at", "dtn_pruned_at", settings.retention_days.compute_dtn),
-            ("cfs", "archived_at", "cfs_pruned_at", settings.retention_days.cfs),
+        for location, column, pruned, index, days in (
+            (
+                "compute_dtn",
+                "transferred_at",
+                "dtn_pruned_at",
+                "scans_dtn_unpruned",
+                settings.retention_days.compute_dtn,
+            ),
+            (
+                "cfs",
+                "archived_at",
+                "cfs_pruned_at",
+                "scans_cfs_unpruned",
+                settings.retention_days.cfs,
+            ),
         ):
             cutoff = now - _retention_seconds(config, days) - overdue_after
+            # The partial index holds only unpruned copies: a handful, not the history.
             (row,) = ledger.query(
-                f"SELECT COUNT(*) AS n FROM scans WHERE beamline = ? AND {column} IS NOT NULL"
-                f" AND {column} < ? AND {pruned} IS NULL AND state != 'failed'",
-                (name, cutoff),
+                f"SELECT COUNT(*) AS n FROM scans INDEXED BY {index} WHERE {pruned} IS NULL"
+                f" AND {column} < ? AND beamline = ? AND state != 'failed'",
+                (cutoff, name),
             )
             report[name]["prune_overdue"][location] = int(row["n"])
     return report

@@ -66,6 +66,14 @@ CREATE TABLE IF NOT EXISTS scans (
 CREATE INDEX IF NOT EXISTS scans_state ON scans(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS scans_run ON scans(run_id);
 CREATE INDEX IF NOT EXISTS scans_beamline ON scans(beamline, state);
+-- Health and metrics read these without scanning the whole history: throughput over the
+-- last day, and copies past their retention that are still not pruned (partial indexes).
+CREATE INDEX IF NOT EXISTS scans_transferred_at ON scans(transferred_at);
+CREATE INDEX IF NOT EXISTS scans_archived_at ON scans(archived_at);
+CREATE INDEX IF NOT EXISTS scans_dtn_unpruned ON scans(transferred_at)
+    WHERE dtn_pruned_at IS NULL AND transferred_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS scans_cfs_unpruned ON scans(archived_at)
+    WHERE cfs_pruned_at IS NULL AND archived_at IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS archive_groups (
     id INTEGER PRIMARY KEY,

@@ -98,13 +98,16 @@ class PipelineCollector(Collector):
         volume = CounterMetricFamily(
             "dichroism_bytes", "Bytes of the scans that reached a step", labels=["beamline", "step"]
         )
-        for step, condition in _STEPS.items():
-            for row in ledger.query(
-                f"SELECT beamline, COUNT(*) AS n, COALESCE(SUM(size), 0) AS bytes FROM scans"
-                f" WHERE {condition} GROUP BY beamline"
-            ):
-                scans.add_metric([row["beamline"], step], row["n"])
-                volume.add_metric([row["beamline"], step], row["bytes"])
+        # One pass over the table for every step.
+        columns = ", ".join(
+            f"SUM(CASE WHEN {condition} THEN 1 ELSE 0 END) AS n_{step},"
+            f" SUM(CASE WHEN {condition} THEN size ELSE 0 END) AS b_{step}"
+            for step, condition in _STEPS.items()
+        )
+        for row in ledger.query(f"SELECT beamline, {columns} FROM scans GROUP BY beamline"):
+            for step in _STEPS:
+                scans.add_metric([row["beamline"], step], row[f"n_{step}"] or 0)
+                volume.add_metric([row["beamline"], step], row[f"b_{step}"] or 0)
         yield scans
         yield volume
         failures = CounterMetricFamily(

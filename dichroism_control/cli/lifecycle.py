@@ -37,9 +37,15 @@ def lifecycle(
     deployment = state.deployment()
     # Every flow a timer may run must be in the Timers consent before the first Timers call.
     backend = state.backend(timer_flows=[deployment.flow_id("prune")])
-    loop = Lifecycle(config, state.ledger(), backend, deployment)
+    from dichroism_control.liveness import record_lifecycle_pass
+
+    ledger = state.ledger()
+    loop = Lifecycle(config, ledger, backend, deployment)
     if once:
-        state.emit(loop.run_once(), text=_text)
+        summary = loop.run_once()
+        if "skipped" not in summary:
+            record_lifecycle_pass(ledger, summary)  # `status` shows when the last pass ran
+        state.emit(summary, text=_text)
         return
 
     log = logging.getLogger("dichroism_control.lifecycle")
@@ -57,6 +63,8 @@ def lifecycle(
     def on_pass(summary: dict[str, Any]) -> None:
         nonlocal passes
         passes += 1
+        if "skipped" not in summary:
+            record_lifecycle_pass(ledger, summary)
         for key, value in summary.items():
             if isinstance(value, int):
                 totals[key] = totals.get(key, 0) + value

@@ -43,6 +43,8 @@ def test_lifecycle_once_and_timers_list_cancel(cli: tuple[World, Callable[..., A
     result = run("--format", "json", "lifecycle", "--once")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["transferred"] == 2
+    # A pass run on its own (cron) is stamped too: `status` shows when the last one ran.
+    assert world.ledger.get_meta("last_lifecycle_pass")["errors"] == []
     world.clock.now = T0 + DAY
     result = run("lifecycle", "--once")
     assert result.exit_code == 0, result.output
