@@ -182,7 +182,7 @@ def _fail(message: str, exit_code: int, fmt: str, **extra: Any) -> None:
     sys.exit(exit_code)
 
 
-def _click_errors() -> tuple[tuple[type[Exception], ...], tuple[type[BaseException], ...]]:
+def _click_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
     """(usage-error types, abort types): click's own, and the copy newer typers vendor."""
     import click
 
@@ -203,18 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     fmt = requested_format(args)
     output.reset()
-    usage_errors, aborts = _click_errors()
     try:
         # Not standalone: usage errors come here too, so `--format json` reports them as JSON.
         result = app(args=args, prog_name="dichroism", standalone_mode=False)
-    except usage_errors as exc:
-        code = int(getattr(exc, "exit_code", 2))
-        if fmt == "json":
-            _fail(str(getattr(exc, "format_message", exc.__str__)()), code, fmt, kind="usage")
-        getattr(exc, "show")()  # noqa: B009 - click's own "Usage: ... Error: ..." on stderr
-        sys.exit(code)
-    except aborts:
-        sys.exit(130)
     except DichroismError as exc:
         extra: dict[str, Any] = {"kind": type(exc).__name__}
         status = getattr(exc, "http_status", None)
@@ -227,6 +218,18 @@ def main(argv: list[str] | None = None) -> None:
         # `dichroism runs list | head`: not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
+    except Exception as exc:
+        # click is imported only now: `--help` must not pay for it.
+        usage_errors, aborts = _click_errors()
+        if isinstance(exc, aborts):
+            sys.exit(130)
+        if not isinstance(exc, usage_errors):
+            raise
+        code = int(getattr(exc, "exit_code", 2))
+        if fmt == "json":
+            _fail(str(getattr(exc, "format_message", exc.__str__)()), code, fmt, kind="usage")
+        getattr(exc, "show")()  # noqa: B009 - click's own "Usage: ... Error: ..." on stderr
+        sys.exit(code)
     sys.exit(result if isinstance(result, int) else 0)
 
 
