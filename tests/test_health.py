@@ -279,3 +279,21 @@ def test_lifecycle_passes_must_keep_coming(cfg: Config, ledger: Ledger) -> None:
     ]
     record_lifecycle_pass(ledger, {}, now=NOW - 10)
     assert codes(cfg, ledger) == []
+
+
+def test_doctor_reports_the_same_problems_on_the_local_backend(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.deploy.helpers import run_cli
+
+    path = write_config(backend="local")
+    config = load_config(path)
+    ledger = Ledger(config.ledger_path)
+    add_scan(ledger, "P1/bad.h5", "failed", failed_step="new_file", attempts=3, last_error="x")
+    expected = [p.message for p in assess(config, ledger).problems]
+    code, out, _ = run_cli(["--config", str(path), "-F", "json", "doctor", "--offline"], capsys)
+    health = [c for c in json.loads(out)["checks"] if c["check"] == "health"]
+    assert [c["detail"] for c in health] == expected
+    assert {c["status"] for c in health} == {"warn"}
+    assert any("1 scan(s) failed permanently" in m for m in expected)
+    assert code == 0  # doctor's verdict is about setup; `status --check` judges health

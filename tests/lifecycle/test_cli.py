@@ -110,3 +110,9 @@ def test_status_shows_a_failed_prune_batch(cli: tuple[World, Callable[..., Any]]
         text.stdout
     )
     assert "No failures" not in text.stdout
+    # timers list: the same one-line reason; under JSON also the whole cause.
+    listed = json.loads(run("--format", "json", "timers", "list").stdout)["timers"]
+    (failed,) = [t for t in listed if t["state"] == "failed"]
+    assert failed["last_error"] == "VerificationFailed: P1/a.h5: size differs"
+    assert failed["cause"]["step"] == "VerificationFailed"
+    assert "VerificationFailed: P1/a.h5: size differs" in run("timers", "list").stdout
