@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dichroism_control.errors import AuthRequiredError, ConfigError
 
@@ -264,6 +264,14 @@ def login_command(credentials: Credentials) -> str:
     return "dichroism login --force" if credentials.is_service else "dichroism login"
 
 
+def short_retries(max_retries: int = 1) -> Any:
+    """One retry, at most 2 s apart: callers have their own backoff (the launcher's queue,
+    the next lifecycle pass) or a person waiting at a prompt."""
+    from globus_sdk.transport import RetryConfig
+
+    return RetryConfig(max_retries=max_retries, max_sleep=2)
+
+
 def build_app(
     credentials: Credentials,
     *,
@@ -307,16 +315,22 @@ def build_app(
         token_validation_error_handler=handler,
         request_refresh_tokens=not credentials.is_service,
     )
+    # The app's own Auth client gets the short retries every other client has (an outage
+    # is reported in seconds, not after the SDK's default ~13 s of silent retries).
     app: globus_sdk.GlobusApp
     if credentials.is_service:
-        app = globus_sdk.ClientApp(
-            APP_NAME,
+        login = globus_sdk.ConfidentialAppAuthClient(
             client_id=credentials.client_id,
-            client_secret=credentials.client_secret,
-            config=app_config,
+            client_secret=str(credentials.client_secret),
+            app_name=APP_NAME,
+            retry_config=short_retries(),
         )
+        app = globus_sdk.ClientApp(APP_NAME, login_client=login, config=app_config)
     else:
-        app = globus_sdk.UserApp(APP_NAME, client_id=credentials.client_id, config=app_config)
+        native = globus_sdk.NativeAppAuthClient(
+            client_id=credentials.client_id, app_name=APP_NAME, retry_config=short_retries()
+        )
+        app = globus_sdk.UserApp(APP_NAME, login_client=native, config=app_config)
     if scopes:
         app.add_scope_requirements(scopes)
     return app

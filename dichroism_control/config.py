@@ -265,6 +265,69 @@ class Submit(Strict):
     max_run_starts_per_second: float = Field(default=10.0, gt=0)
 
 
+class BacklogAges(Strict):
+    """Per stage: the oldest scan waiting longer than this (seconds) is a health problem."""
+
+    detected: float = Field(default=900.0, gt=0)  # not yet sent (retries back off <= 5 min)
+    submitting: float = Field(default=900.0, gt=0)  # a run_flow call whose outcome is unknown
+    submitted: float = Field(default=86400.0, gt=0)  # a new_file run (transfer + ingest)
+    transferred: float = Field(default=172800.0, gt=0)  # waiting for its archive run
+    archive_submitted: float = Field(default=172800.0, gt=0)  # an archive run to tape
+
+
+class Health(Strict):
+    """What `status`, `status --check`, `doctor`, alerts and metrics call unhealthy."""
+
+    # `watch` writes a heartbeat into the ledger this often; older than the stale threshold
+    # means the watcher is dead or hung.
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    heartbeat_stale_seconds: float = Field(default=60.0, gt=0)
+    # No lifecycle pass for this long (keep it above lifecycle.poll_seconds).
+    lifecycle_stale_seconds: float = Field(default=900.0, gt=0)
+    backlog_age_warn_seconds: BacklogAges = BacklogAges()
+    # A copy still not pruned this long after its retention ended.
+    prune_overdue_seconds: float = Field(default=172800.0, ge=0)
+    # A flight check older than this is a problem (once one has ever run).
+    flight_check_max_age_seconds: float = Field(default=86400.0, gt=0)
+
+    @model_validator(mode="after")
+    def _stale_after_interval(self) -> Health:
+        if self.heartbeat_stale_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                "health.heartbeat_stale_seconds: must be greater than health.heartbeat_seconds"
+            )
+        return self
+
+
+_APPRISE_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class Notify(Strict):
+    """Alert digests through Apprise. URLs hold secrets: put them in the environment
+    (`${DICHROISM_NOTIFY_URL}`); they are never printed or logged."""
+
+    urls: list[str] = []
+    # At most one digest per this many minutes (a burst of failures is one message).
+    interval_minutes: float = Field(default=60.0, gt=0)
+    # Alert on a backlog older than this (seconds) in any stage before archiving; default:
+    # the health thresholds (health.backlog_age_warn_seconds).
+    backlog_age_seconds: float | None = Field(default=None, gt=0)
+    title: str = "dichroism"
+    # Items listed per section of a digest (the rest are counted).
+    max_items: int = Field(default=20, ge=1)
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, values: list[str]) -> list[str]:
+        # `${VAR:-}` for an optional URL expands to "": no target, not an error.
+        kept = [v.strip() for v in values if v.strip()]
+        for index, value in enumerate(kept):
+            if not _APPRISE_URL.match(value):
+                # Never echo the value: it may hold a token.
+                raise ValueError(f"entry {index} is not an Apprise URL (scheme://...)")
+        return kept
+
+
 class Local(Strict):
     """Local backend: where HPSS and the SciCat stand-in live (relative: to config.yml)."""
 
@@ -280,6 +343,8 @@ class Config(Strict):
     beamlines: dict[str, Beamline]
     lifecycle: Lifecycle = Lifecycle()
     submit: Submit = Submit()
+    health: Health = Health()
+    notify: Notify = Notify()
     local: Local = Local()
     # Set by load_config, not by the file: the directory relative paths resolve against.
     base_dir: str = Field(default=".", exclude=True)
@@ -512,7 +577,7 @@ def format_validation_error(error: ValidationError) -> str:
     else:
         message = str(first["msg"]).removeprefix("Value error, ")
         # Model-level validators already put the key path in their message.
-        if message.startswith(("beamlines.", "endpoints.", "globus.")):
+        if message.startswith(("beamlines.", "endpoints.", "globus.", "health.")):
             return message if not loc or message.startswith(loc) else f"{loc}.{message}"
         # A model validator naming one of its own fields: `field: message`.
         field = re.match(r"^([a-z_]+): ", message)

@@ -75,7 +75,7 @@ def translate_error(exc: Exception) -> BackendError:
             )
         return PermanentBackendError(message, http_status=exc.http_status)
     if isinstance(exc, globus_sdk.NetworkError):
-        return TransientBackendError(f"network error: {type(exc).__name__}: {exc}")
+        return TransientBackendError(network_message(exc))
     return BackendError(str(exc))
 
 
@@ -83,6 +83,48 @@ def _is_auth_requirement(error: globus_sdk.GlobusAPIError) -> bool:
     from globus_sdk.gare import is_gare
 
     return is_gare(error)
+
+
+# SDK service name -> (what people call it, its GLOBUS_SDK_SERVICE_URL_* suffix).
+_SERVICES = {
+    "auth": ("Globus Auth", "AUTH"),
+    "flows": ("Globus Flows", "FLOWS"),
+    "timer": ("Globus Timers", "TIMER"),
+    "compute": ("Globus Compute", "COMPUTE"),
+    "transfer": ("Globus Transfer", "TRANSFER"),
+}
+
+
+def network_message(exc: globus_sdk.NetworkError) -> str:
+    """Which service could not be reached, why, and what to check (one line)."""
+    import globus_sdk
+    from globus_sdk.config import get_service_url
+
+    underlying = exc.underlying_exception
+    request = getattr(underlying, "request", None)
+    url = str(getattr(request, "url", "") or "")
+    name, suffix, base = "a Globus service", "<SERVICE>", url
+    for service, (label, env) in _SERVICES.items():
+        service_url = get_service_url(service)
+        if url.startswith(service_url.rstrip("/")):
+            name, suffix, base = label, env, service_url
+            break
+    text = str(underlying)
+    if "Connection refused" in text or "Errno 111" in text:
+        why = "connection refused"
+    elif isinstance(exc, globus_sdk.GlobusTimeoutError):
+        why = "timed out"
+    elif "Name or service not known" in text or "NameResolutionError" in text:
+        why = "host name not resolved"
+    elif "SSL" in text or "certificate" in text:
+        why = "TLS/certificate error"
+    else:
+        why = type(underlying).__name__
+    return (
+        f"{name} unreachable at {base or 'its URL'} ({why}); check this host's network and "
+        f"proxy (HTTPS_PROXY, NO_PROXY), GLOBUS_SDK_ENVIRONMENT and "
+        f"GLOBUS_SDK_SERVICE_URL_{suffix}, and the Globus status page"
+    )
 
 
 def translate_errors(call: Callable[..., T]) -> Callable[..., T]:

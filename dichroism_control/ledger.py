@@ -20,6 +20,7 @@ Prune progress is kept per location (dtn_pruned_at / cfs_pruned_at); `pruned` me
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -92,6 +93,14 @@ SCHEMA = (
 CREATE INDEX IF NOT EXISTS scans_state ON scans(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS scans_run ON scans(run_id);
 CREATE INDEX IF NOT EXISTS scans_beamline ON scans(beamline, state);
+-- Health and metrics read these without scanning the whole history: throughput over the
+-- last day, and copies past their retention that are still not pruned (partial indexes).
+CREATE INDEX IF NOT EXISTS scans_transferred_at ON scans(transferred_at);
+CREATE INDEX IF NOT EXISTS scans_archived_at ON scans(archived_at);
+CREATE INDEX IF NOT EXISTS scans_dtn_unpruned ON scans(transferred_at)
+    WHERE dtn_pruned_at IS NULL AND transferred_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS scans_cfs_unpruned ON scans(archived_at)
+    WHERE cfs_pruned_at IS NULL AND archived_at IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS archive_groups (
     id INTEGER PRIMARY KEY,
@@ -155,7 +164,29 @@ CREATE TABLE IF NOT EXISTS runs_waiting (
     code TEXT,                          -- the run document's details.code
     reason TEXT NOT NULL                -- details.code: details.description
 );
+
+-- Files the watcher found but will not ship (outside the root, unsafe names, ...): one row
+-- per path, so `status` and alerts show them instead of a log line nobody reads.
+CREATE TABLE IF NOT EXISTS refusals (
+    path TEXT PRIMARY KEY,
+    beamline TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'refused',   -- refused | quarantined
+    count INTEGER NOT NULL DEFAULT 1,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL
+);
+
+-- What the alert digests already told a person (keys of failures, conditions, events), so a
+-- restart never sends the same digest again.
+CREATE TABLE IF NOT EXISTS notified (key TEXT PRIMARY KEY, sent_at REAL NOT NULL);
 """
+)
+
+# Additive migrations for databases created before a column existed: (table, column, DDL).
+MIGRATIONS = (
+    # The failure's full structure (JSON) beside its one-line reason: `--format json`.
+    ("run_failures", "cause", "ALTER TABLE run_failures ADD COLUMN cause TEXT"),
 )
 
 
@@ -351,6 +382,11 @@ class Ledger(Database):
 
     def __init__(self, path: Path, *, check: bool = False) -> None:
         super().__init__(path, SCHEMA, migrate=_migrate, check=check)
+        with self.transaction() as conn:
+            for table, column, ddl in MIGRATIONS:
+                columns = {row["name"] for row in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    conn.execute(ddl)
 
     # -- scans ---------------------------------------------------------------------------
     def add_scan(
@@ -447,12 +483,48 @@ class Ledger(Database):
         """
         return self.query(
             "SELECT 'archive' AS step, beamline, archive_name AS subject, label, run_id,"
-            " last_error, attempts, updated_at FROM archive_groups WHERE state = 'failed'"
+            " last_error, attempts, NULL AS files, updated_at FROM archive_groups"
+            " WHERE state = 'failed'"
             " UNION ALL SELECT 'prune ' || location, beamline, batch, label, run_id, last_error,"
-            " files, updated_at FROM prune_timers WHERE state = 'failed'"
+            " (SELECT COUNT(*) FROM run_failures WHERE subject = 'batch:' || batch), files,"
+            " updated_at FROM prune_timers WHERE state = 'failed'"
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
+
+    # -- meta, refusals ------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        """A JSON value kept in the meta table (None when absent or not JSON)."""
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        if not rows:
+            return None
+        try:
+            return json.loads(rows[0]["value"])
+        except ValueError:
+            return None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value, sort_keys=True, default=str)),
+        )
+
+    def record_refusals(
+        self, rows: list[tuple[str, str, str]], *, kind: str = "refused", now: float | None = None
+    ) -> None:
+        """Remember files the watcher will not ship: (beamline, path, reason) each."""
+        if not rows:
+            return
+        now = time.time() if now is None else now
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO refusals (path, beamline, reason, kind, first_at, last_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET"
+                " reason = excluded.reason, kind = excluded.kind, count = count + 1,"
+                " last_at = excluded.last_at",
+                [(path, beamline, reason, kind, now, now) for beamline, path, reason in rows],
+            )
 
     # -- the submission backlog -----------------------------------------------------------
     def submission_backlog(

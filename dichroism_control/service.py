@@ -84,6 +84,15 @@ class WatchService:
             recovered=dict(self._recovered),
         )
 
+    def components(self) -> dict[str, bool]:
+        """Whether each of the service's threads still runs (the heartbeat reports it)."""
+        watcher, dispatcher = self.watcher, self.dispatcher
+        return {
+            "observers": all(o.is_alive() for o in watcher._observers),
+            "settle": watcher._thread is not None and watcher._thread.is_alive(),
+            "dispatch": dispatcher._thread is not None and dispatcher._thread.is_alive(),
+        }
+
     def start(self) -> None:
         self._recovered = self.launcher.recover()
         self.dispatcher.start()
@@ -107,6 +116,7 @@ def start_lifecycle(
     import logging
 
     from dichroism_control.lifecycle import Lifecycle
+    from dichroism_control.liveness import record_lifecycle_pass
 
     log = logging.getLogger("dichroism_control.lifecycle")
     loop = Lifecycle(config, ledger, backend, deployment)
@@ -116,6 +126,8 @@ def start_lifecycle(
             try:
                 summary = loop.run_once()
                 log.info("lifecycle pass: %s", summary)
+                if "skipped" not in summary:
+                    record_lifecycle_pass(ledger, summary)
             except Exception:
                 log.exception(
                     "lifecycle pass failed; next try in %.0f s", config.lifecycle.poll_seconds

@@ -371,7 +371,7 @@ class Watcher:
                 continue
             if not _utf8(path):
                 # Never reaches the ledger (SQLite text is UTF-8): refused once, named here.
-                self._refuse(path, f"{path!r}: the file name is not valid UTF-8; rename it")
+                self._refuse(name, path, f"{path!r}: the file name is not valid UTF-8; rename it")
                 continue
             try:
                 stats[path] = os.lstat(path)
@@ -451,7 +451,7 @@ class Watcher:
             try:
                 routed.append((item, route(self.config, item.path, beamline=item.beamline)))
             except RouteError as exc:
-                self._refuse(item.path, str(exc))
+                self._refuse(item.beamline, item.path, str(exc))
         if not routed:
             return
         stats = {}
@@ -478,7 +478,7 @@ class Watcher:
                     self._wake_settle()
                 continue
             except IdentityError as exc:
-                self._refuse(item.path, str(exc))
+                self._refuse(item.beamline, item.path, str(exc))
                 continue
             seen.append(Seen(found.beamline, found.local_path, found.rel, identity))
         try:
@@ -532,11 +532,20 @@ class Watcher:
         self._pause_delay = 0.0
         self._throttle.clear("intake")
 
-    def _refuse(self, path: str, reason: str) -> None:
+    def _refuse(self, beamline: str, path: str, reason: str) -> None:
+        """Name a file that will not be shipped: in the log once, and in the ledger, where
+        `status` and the alerts show it (a name that is not UTF-8 is kept escaped)."""
         self.refused += 1
-        if path not in self._refused and len(self._refused) < 10_000:
-            self._refused.add(path)
-            log.warning("refused: %s", reason)
+        if path in self._refused or len(self._refused) >= 10_000:
+            return
+        self._refused.add(path)
+        log.warning("refused: %s", reason)
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        try:
+            self.ledger.record_refusals([(beamline, shown, reason)])
+        except LEDGER_ERRORS as exc:
+            if self._throttle.due("refusals"):
+                log.error("cannot record refusals in the ledger (%s)", exc)
 
 
 class _Handler(FileSystemEventHandler):

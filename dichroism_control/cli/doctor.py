@@ -69,6 +69,8 @@ def doctor(
             for name, status, detail in _reachability(timeout):
                 add(f"reach {name}", status, detail)
     _deployment(state, config, add)
+    _notify(config, add)
+    _health(state, config, add)
     ok = not any(c["status"] == "fail" for c in checks)
     state.emit({"checks": checks, "ok": ok}, text=_text)
     if not ok:
@@ -312,8 +314,43 @@ def _deployment(state: Context, config: Config, add: Any) -> None:
         )
 
 
+def _notify(config: Config, add: Any) -> None:
+    """Alert targets parse (offline); shown masked: their URLs hold secrets."""
+    from dichroism_control.notify import mask_url
+
+    urls = config.notify.urls
+    if not urls:
+        add("notify", "warn", "no notify.urls: alerts reach nobody (see README: Operating)")
+        return
+    import apprise
+
+    logging_off = __import__("logging").getLogger("apprise")
+    logging_off.setLevel(100)
+    bad = [f"#{i + 1} {mask_url(u)}" for i, u in enumerate(urls) if not apprise.Apprise().add(u)]
+    masked = ", ".join(mask_url(u) for u in urls)
+    if bad:
+        add("notify", "fail", f"not understood by Apprise: {', '.join(bad)}")
+    else:
+        add("notify", "ok", f"{len(urls)} target(s): {masked}")
+
+
+def _health(state: Context, config: Config, add: Any) -> None:
+    """The problems `status --check` reports (heartbeat, backlog, failures, ...), as warnings:
+    doctor's verdict stays about setup; `status --check` is the health verdict."""
+    if not config.ledger_path.exists():
+        add("health", "skip", f"no ledger yet at {config.ledger_path} (nothing has run here)")
+        return
+    from dichroism_control.health import assess
+
+    report = assess(config, state.ledger())
+    if report.healthy:
+        add("health", "ok", "no problems (see `dichroism status`)")
+    for problem in report.problems:
+        add("health", "warn", problem.message)
+
+
 def _text(report: dict[str, Any]) -> str:
     from dichroism_control.output import table
 
     rows = [(c["status"].upper(), c["check"], c["detail"]) for c in report["checks"]]
-    return table(rows, ("status", "check", "detail"))
+    return table(rows, ("Status", "Check", "Detail"))

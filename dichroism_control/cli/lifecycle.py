@@ -45,9 +45,15 @@ def lifecycle(
         state.backend(timer_flows=[deployment.flow_id("prune")]),
         command="lifecycle",
     )
-    loop = Lifecycle(config, state.ledger(), backend, deployment)
+    from dichroism_control.liveness import record_lifecycle_pass
+
+    ledger = state.ledger()
+    loop = Lifecycle(config, ledger, backend, deployment)
     if once:
-        state.emit(loop.run_once(), text=_text)
+        summary = loop.run_once()
+        if "skipped" not in summary:
+            record_lifecycle_pass(ledger, summary)  # `status` shows when the last pass ran
+        state.emit(summary, text=_text)
         return
 
     log = logging.getLogger("dichroism_control.lifecycle")
@@ -65,6 +71,8 @@ def lifecycle(
     def on_pass(summary: dict[str, Any]) -> None:
         nonlocal passes
         passes += 1
+        if "skipped" not in summary:
+            record_lifecycle_pass(ledger, summary)
         for key, value in summary.items():
             if isinstance(value, int):
                 totals[key] = totals.get(key, 0) + value

@@ -93,36 +93,50 @@ def _summary(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _list_text(data: dict[str, Any]) -> str:
-    from dichroism_control.output import table
+    from dichroism_control.output import local_time, table
 
     note = f"\nnote: {data['visibility_note']}" if data.get("visibility_note") else ""
     if not data["runs"]:
         return "no runs" + note
     rows = [
-        [r["run_id"], r["flow"], r["status"], r["start_time"], r["label"]] for r in data["runs"]
+        [r["run_id"], r["flow"], r["status"], local_time(r["start_time"]), r["label"]]
+        for r in data["runs"]
     ]
-    return table(rows, ["run_id", "flow", "status", "started", "label"]) + note
+    return table(rows, ["Run ID", "Flow", "Status", "Started At", "Run Label"]) + note
 
 
 @runs_app.command("show")
 def show(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
-    """One run's document: status, label, tags, details."""
-    import json
-
+    """One run: a key: value record (`-F json`: the whole run document)."""
     state: Context = ctx.obj
     run = state.backend().get_run(run_id)
+    state.emit(run, text=_show_text)
 
-    def text(doc: dict[str, Any]) -> str:
-        lines = [f"{k}: {doc.get(k)}" for k in ("run_id", "status", "label", "start_time")]
-        lines.append(f"tags: {', '.join(doc.get('tags') or [])}")
-        if doc.get("completion_time"):
-            lines.append(f"completion_time: {doc['completion_time']}")
-        details = doc.get("details") or {}
-        if details:
-            lines.append("details: " + json.dumps(details, indent=2, default=str))
-        return "\n".join(lines)
 
-    state.emit(run, text=text)
+def _show_text(run: dict[str, Any]) -> str:
+    from dichroism_control.causes import explain_run
+    from dichroism_control.output import local_time, record
+
+    fields: list[tuple[str, Any]] = [
+        ("Run ID", run.get("run_id")),
+        ("Run Label", run.get("label")),
+        ("Run Tags", ", ".join(run.get("tags") or [])),
+        ("Status", run.get("status")),
+        ("Started At", local_time(run.get("start_time"))),
+        ("Completed At", local_time(run.get("completion_time"))),
+        ("Flow ID", run.get("flow_id")),
+    ]
+    details = run.get("details") or {}
+    if isinstance(details, dict) and details.get("state_name"):
+        fields.append(("State", details["state_name"]))
+    if run.get("status") in ("FAILED", "ENDED", "INACTIVE"):
+        cause = explain_run(run)
+        where = f"{cause.step}: " if cause.step else ""
+        fields.append(("Cause", f"{where}{cause.message}"))
+        if cause.remedy:
+            fields.append(("Next Step", cause.remedy))
+    fields.append(("Details", "in the run document: `dichroism runs show ID -F json`"))
+    return record(fields)
 
 
 @runs_app.command("logs")
@@ -132,21 +146,28 @@ def logs(
     *,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many entries.")] = 100,
 ) -> None:
-    """The run's log entries, oldest first (paginated)."""
+    """The run's log entries, oldest first (paginated); failures with their cause."""
     import itertools
 
     state: Context = ctx.obj
     entries = list(itertools.islice(state.backend().iter_run_logs(run_id), limit))
+    state.emit({"run_id": run_id, "entries": entries}, text=_logs_text)
 
-    def text(data: dict[str, Any]) -> str:
-        if not data["entries"]:
-            return "no log entries"
-        return "\n".join(
-            f"{e.get('time', '')}  {e.get('code', '')}: {e.get('description', '')}".strip()
-            for e in data["entries"]
-        )
 
-    state.emit({"run_id": run_id, "entries": entries}, text=text)
+def _logs_text(data: dict[str, Any]) -> str:
+    from dichroism_control.causes import log_entry_cause
+    from dichroism_control.output import local_time
+
+    if not data["entries"]:
+        return "no log entries"
+    lines = []
+    for entry in data["entries"]:
+        when = local_time(entry.get("time")) or ""
+        lines.append(f"{when}  {entry.get('code', '')}: {entry.get('description', '')}".strip())
+        cause = log_entry_cause(entry)
+        if cause is not None:
+            lines.append(f"    cause: {cause.line()}")
+    return "\n".join(lines)
 
 
 @runs_app.command("cancel")

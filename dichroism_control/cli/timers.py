@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -45,9 +46,10 @@ def list_timers(
     from dichroism_control.ownership import visibility
 
     state: Context = ctx.obj
+    ledger = state.ledger()
     backend = _backend(state)
-    result = lifecycle.list_timers(state.ledger(), backend, include_done=show_all)
-    seen = visibility(state.ledger(), backend)
+    result = lifecycle.list_timers(ledger, backend, include_done=show_all)
+    seen = visibility(ledger, backend)
     result["visibility"] = seen
     if seen["is_owner"] is False:
         # Timers has no role filter: `GET /jobs/` lists "the current user's timers".
@@ -55,6 +57,14 @@ def list_timers(
             f"Timers lists only your own timers: those of the ledger's owner ({seen['owner']})"
             " are not shown; the ledger's batches are"
         )
+    # A failed batch's reason is its cause in one line; JSON also gets the full structure.
+    for timer in result["timers"]:
+        if timer.get("run_id") and timer.get("state") == "failed":
+            rows = ledger.query(
+                "SELECT cause FROM run_failures WHERE run_id = ?", (timer["run_id"],)
+            )
+            if rows and rows[0]["cause"]:
+                timer["cause"] = json.loads(rows[0]["cause"])
     state.emit(result, text=_list_text)
 
 
@@ -76,13 +86,20 @@ def cancel(
 
 
 def _list_text(result: dict[str, Any]) -> str:
-    from dichroism_control.output import table
+    from dichroism_control.output import local_time, table
 
     rows = [
-        (t["id"] or "-", t["name"] or "-", t["next_run"] or "-", t["files"] or "-", t["state"])
+        (
+            t["id"] or "-",
+            t["name"] or "-",
+            local_time(t["next_run"]) or "-",
+            t["files"] or "-",
+            t["state"],
+        )
         for t in result["timers"]
     ]
-    lines = [table(rows, ("ID", "NAME", "NEXT RUN", "FILES", "STATE"))] if rows else ["no timers"]
+    headers = ("Timer ID", "Name", "Next Run", "Files", "State")
+    lines = [table(rows, headers)] if rows else ["no timers"]
     lines.extend(
         f"{t['name']}: {t['last_error']}"
         for t in result["timers"]

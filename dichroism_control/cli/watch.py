@@ -39,6 +39,14 @@ def watch(
             "--poll", help="Polling observers everywhere (NFS/SMB: inotify sees nothing)."
         ),
     ] = False,
+    metrics: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics",
+            metavar="[HOST:]PORT",
+            help="Serve Prometheus metrics on PORT (loopback; HOST:PORT to listen elsewhere).",
+        ),
+    ] = None,
 ) -> None:
     """The service: watch for finished scans, start one new_file run each; SIGTERM drains."""
     import logging
@@ -56,6 +64,11 @@ def watch(
     if beamline is not None:
         config.beamline(beamline)  # one-line error for an unknown name
     config.check_watch_roots([beamline] if beamline else None)
+    address = None
+    if metrics is not None:
+        from dichroism_control.metrics import parse_address
+
+        address = parse_address(metrics)  # bad input: exit 2 before anything starts
     lock = submit_lock(config)
     if not lock.acquire():
         raise DichroismError(
@@ -70,8 +83,10 @@ def watch(
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    server = None
     try:
         from dichroism_control.launcher import Launcher
+        from dichroism_control.liveness import Heartbeat
         from dichroism_control.ownership import require_owner
 
         deployment = state.deployment()
@@ -81,16 +96,41 @@ def watch(
         backend = require_owner(
             state.ledger(), state.backend(timer_flows=[prune] if prune else None), command="watch"
         )
-        launcher = Launcher(config, state.ledger(), backend, deployment)
+        ledger = state.ledger()
+        launcher = Launcher(config, ledger, backend, deployment)
+        if address is not None:
+            from dichroism_control.metrics import MetricsServer
+
+            server = MetricsServer(config, ledger)
+            host, port = server.start(*address)  # before the watcher: a busy port changes nothing
+            launcher.on_submitted = server.observe_submit
+            logging.getLogger(__name__).info("metrics on http://%s:%d/metrics", host, port)
         watcher = WatchService(
             config, launcher, beamlines=[beamline] if beamline else None, poll=poll
         )
         watcher.start()
-        lifecycle = start_lifecycle(config, state.ledger(), backend, deployment, stop)
+        lifecycle = start_lifecycle(config, ledger, backend, deployment, stop)
+        heartbeat = Heartbeat(
+            ledger,
+            interval=config.health.heartbeat_seconds,
+            components=lambda: {**watcher.components(), "lifecycle": lifecycle.is_alive()},
+        )
+        heartbeat.start()
+        notifier = None
+        if config.notify.urls:
+            from dichroism_control.notify import Notifier
+
+            notifier = Notifier(config, ledger)
+            notifier.start()
         stop.wait()
         stats = watcher.stop()
         lifecycle.join(timeout=60)
+        if notifier is not None:
+            notifier.stop()
+        heartbeat.stop(clean=True)
     finally:
+        if server is not None:
+            server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         lock.release()

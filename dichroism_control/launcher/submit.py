@@ -88,6 +88,8 @@ class Launcher:
         # One log line per auth problem, not one per scan of a claimed batch.
         self._auth_logged: tuple[str, float] = ("", 0.0)
         self._auth_lock = threading.Lock()
+        # Metrics hook: (beamline, seconds from the first attempt to the run id).
+        self.on_submitted: Callable[[str, float], None] | None = None
 
     def request_for(self, scan_route: Route, scan: Scan) -> RunRequest:
         return self.requests.request_for(scan_route, scan, now=self.clock())
@@ -256,6 +258,8 @@ class Launcher:
                 "next_attempt_at": 0,
             },
         )
+        if self.on_submitted is not None:
+            self.on_submitted(claim.scan.beamline, self.clock() - claim.since)
         if adopted:
             log.warning(
                 "%s: adopted run %s started before an interruption", claim.scan.path, run_id

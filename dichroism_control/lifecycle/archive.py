@@ -104,15 +104,21 @@ class ArchiveGroups(Step):
             row = conn.execute(
                 "SELECT attempts FROM archive_groups WHERE id = ?", (group_id,)
             ).fetchone()
-            if max(failures, int(row["attempts"])) < self.settings.max_attempts:
+            # One count everywhere (group row, its scans, the reason text, status): failed
+            # runs, or more when a submission was refused before any run existed.
+            attempts = max(failures, int(row["attempts"]))
+            conn.execute(
+                "UPDATE archive_groups SET attempts = ? WHERE id = ?", (attempts, group_id)
+            )
+            if attempts < self.settings.max_attempts:
                 conn.execute(
                     "UPDATE archive_groups SET state = 'open', run_id = NULL, last_error = ?,"
                     " updated_at = ? WHERE id = ? AND run_id = ?",
-                    (f"attempt {failures} failed: {reason}", now, group_id, run_id),
+                    (f"attempt {attempts} failed: {reason}", now, group_id, run_id),
                 )
                 summary["archive_retried"] += 1
                 return
-            self._fail_group(conn, group_id, f"after {failures} attempt(s): {reason}")
+            self._fail_group(conn, group_id, f"after {attempts} attempt(s): {reason}")
         summary["archive_failed"] += 1
 
     def _record_tape(
@@ -173,7 +179,8 @@ class ArchiveGroups(Step):
         log.error("%s (version %s): not archived: %s", member["path"], member["version"], why)
 
     def _fail_group(self, conn: sqlite3.Connection, group_id: int, reason: str) -> None:
-        """The group and its scans fail visibly (`dichroism status` lists failed scans)."""
+        """The group and its scans fail visibly (`dichroism status` lists failed scans);
+        the scans carry the group's attempt count, so every view shows the same number."""
         now = self.clock()
         conn.execute(
             "UPDATE archive_groups SET state = 'failed', last_error = ?, updated_at = ?"
@@ -182,8 +189,9 @@ class ArchiveGroups(Step):
         )
         conn.execute(
             "UPDATE scans SET state = 'failed', failed_step = 'archive', last_error = ?,"
-            " updated_at = ? WHERE archive_group_id = ? AND state = 'archive_submitted'",
-            (reason, now, group_id),
+            " attempts = (SELECT attempts FROM archive_groups WHERE id = ?), updated_at = ?"
+            " WHERE archive_group_id = ? AND state = 'archive_submitted'",
+            (reason, group_id, now, group_id),
         )
         log.error("archive group %s failed: %s", group_id, reason)
 
@@ -397,7 +405,9 @@ class ArchiveGroups(Step):
             with self.ledger.transaction() as conn:
                 attempts = int(group["attempts"]) + 1
                 if attempts >= self.settings.max_attempts:
-                    self._fail_group(conn, group_id, f"run_flow refused: {exc}")
+                    self._fail_group(
+                        conn, group_id, f"after {attempts} attempt(s): run_flow refused: {exc}"
+                    )
                     summary["archive_failed"] += 1
                 else:
                     conn.execute(

@@ -22,6 +22,7 @@ from typing import Any
 
 from dichroism_control.backend import Backend, RunRequest
 from dichroism_control.binding import input_validator
+from dichroism_control.causes import explain_run
 from dichroism_control.config import Beamline, Config
 from dichroism_control.deploy_state import Deployment
 from dichroism_control.ledger import Ledger
@@ -78,28 +79,9 @@ def shorten(text: str, limit: int = 128) -> str:
 
 
 def failure_reason(run: dict[str, Any]) -> str:
-    """A one-line reason from a finished run document (details.output.error, code, description)."""
-    details = run.get("details") or {}
-    parts: list[str] = []
-    output = details.get("output") if isinstance(details, dict) else None
-    error = output.get("error") if isinstance(output, dict) else None
-    if isinstance(error, dict):
-        name = error.get("Error") or error.get("error") or error.get("code")
-        cause = error.get("Cause") or error.get("cause") or error.get("description")
-        if isinstance(cause, dict | list):
-            cause = json.dumps(cause, sort_keys=True)
-        text = ": ".join(str(p) for p in (name, cause) if p)
-        if text:
-            parts.append(text)
-    elif error:
-        parts.append(str(error))
-    if isinstance(details, dict):
-        code, description = details.get("code"), details.get("description")
-        summary = ": ".join(str(p) for p in (code, description) if p)
-        if summary:
-            parts.append(summary if not parts else f"({summary})")
-    reason = " ".join(parts) or f"run {run.get('status', 'FAILED')}"
-    return reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 1] + "…"
+    """The one-line reason recorded for a failed run: its innermost cause and the next step
+    (`causes.explain_run`; the full structure goes to `run_failures.cause`)."""
+    return explain_run(run).line()
 
 
 def waiting_reason(run: dict[str, Any]) -> tuple[str | None, str]:
@@ -263,10 +245,19 @@ class Step:
         self, conn: sqlite3.Connection, run: dict[str, Any], flow: str, subject: str, reason: str
     ) -> int | None:
         """Record a failed run once; the subject's failure count, or None if already known."""
+        cause = json.dumps(explain_run(run).as_dict(), sort_keys=True, default=str)
         cursor = conn.execute(
             "INSERT OR IGNORE INTO run_failures (run_id, flow, subject, status, reason,"
-            " failed_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (run["run_id"], flow, subject, run.get("status", "FAILED"), reason, self.clock()),
+            " failed_at, cause) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                run["run_id"],
+                flow,
+                subject,
+                run.get("status", "FAILED"),
+                reason,
+                self.clock(),
+                cause,
+            ),
         )
         if cursor.rowcount == 0:
             return None

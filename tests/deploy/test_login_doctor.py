@@ -181,6 +181,8 @@ def test_doctor_reports_each_check_without_secrets(
         "reach timer": "ok",
         "reach compute": "fail",
         "deployment": "warn",
+        "notify": "warn",  # no alert targets configured
+        "health": "skip",  # nothing has run here: no ledger
     }
     details = {c["check"]: c["detail"] for c in report["checks"]}
     assert details["credentials"] == f"confidential client {CLIENT_ID} (secret set)"
@@ -195,7 +197,7 @@ def test_doctor_on_a_bad_config_exits_2(
     bad.write_text("backend: globus\nglobus: [\n")
     code, out, err = run_cli(["--config", str(bad), "doctor", "--offline"], capsys)
     assert code == 2
-    assert "FAIL    config" in out
+    assert "FAIL   | config" in out
     assert err == f"dichroism: error: doctor: {bad}: line 3 not valid YAML\n"
 
 
@@ -209,6 +211,6 @@ def test_doctor_offline_with_placeholders(
     monkeypatch.setenv("DICHROISM_STATE_DIR", str(tmp_path / "state"))
     code, out, err = run_cli(["--config", str(repo_config), "doctor", "--offline"], capsys)
     assert code == 1
-    assert "FAIL    placeholder ids" in out and "SKIP    reachability" in out
+    assert "FAIL   | placeholder ids" in out and "SKIP   | reachability" in out
     assert len(mocked.calls) == 0
     assert CLIENT_SECRET not in out + err

@@ -43,6 +43,8 @@ def test_lifecycle_once_and_timers_list_cancel(cli: tuple[World, Callable[..., A
     result = run("--format", "json", "lifecycle", "--once")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["transferred"] == 2
+    # A pass run on its own (cron) is stamped too: `status` shows when the last one ran.
+    assert world.ledger.get_meta("last_lifecycle_pass")["errors"] == []
     world.clock.now = T0 + DAY
     result = run("lifecycle", "--once")
     assert result.exit_code == 0, result.output
@@ -64,7 +66,7 @@ def test_lifecycle_once_and_timers_list_cancel(cli: tuple[World, Callable[..., A
     )
     assert any(t["id"] == "foreign" and t["batch"] is None for t in timers)
     text = run("timers", "list").stdout
-    assert "NEXT RUN" in text and ours["name"] in text
+    assert "Next Run" in text and "Timer ID" in text and ours["name"] in text
 
     result = run("timers", "cancel", ours["id"])
     assert result.exit_code == 0, result.output
@@ -99,6 +101,18 @@ def test_status_shows_a_failed_prune_batch(cli: tuple[World, Callable[..., Any]]
     assert report["failures"] == []
     (batch,) = report["batch_failures"]
     assert batch["step"] == "prune compute_dtn" and "size differs" in batch["reason"]
+    assert batch["attempts"] == 1 and batch["files"] == 1
+    # --format json: the whole recorded cause, not only its line.
+    assert batch["cause"]["detail"]["caught"]["error"]["Error"] == "VerificationFailed"
     text = run("status")
-    assert "failed archive groups / prune batches (1):" in text.stdout
-    assert "no failures" not in text.stdout
+    assert "Failed archive groups / prune batches (1):" in text.stdout
+    assert "[1 attempt(s), 1 file(s) kept]: VerificationFailed: P1/a.h5: size differs" in (
+        text.stdout
+    )
+    assert "No failures" not in text.stdout
+    # timers list: the same one-line reason; under JSON also the whole cause.
+    listed = json.loads(run("--format", "json", "timers", "list").stdout)["timers"]
+    (failed,) = [t for t in listed if t["state"] == "failed"]
+    assert failed["last_error"] == "VerificationFailed: P1/a.h5: size differs"
+    assert failed["cause"]["step"] == "VerificationFailed"
+    assert "VerificationFailed: P1/a.h5: size differs" in run("timers", "list").stdout

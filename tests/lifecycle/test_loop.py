@@ -403,7 +403,13 @@ def test_failed_new_file_runs_retried_then_failed_with_reason(world: World) -> N
     assert scan["state"] == "failed" and scan["failed_step"] == "new_file"
     assert scan["attempts"] == 3
     assert "after 3 attempt(s): TransferFailed: permission denied" in scan["last_error"]
-    assert "(FlowFailed: failed)" in scan["last_error"]
+    # The innermost cause and a next step, not the flow-level wrapper ("FlowFailed: failed").
+    assert "FlowFailed" not in scan["last_error"] and "next: grant" in scan["last_error"]
+    # One attempt count everywhere: the scan row, the reason text, the recorded failures.
+    (count,) = world.ledger.query(
+        "SELECT COUNT(*) FROM run_failures WHERE subject = ?", (f"scan:{scan['id']}",)
+    )[0]
+    assert count == scan["attempts"] == 3
     (row,) = world.ledger.recent_failures()
     assert row["failed_step"] == "new_file"
     # Handling the same failed run again (a second pass) changes nothing.
@@ -431,6 +437,12 @@ def test_failed_archive_retried_then_scans_failed(make_world: Callable[..., Worl
         "archive"
     }
     assert dict(world.ledger.batch_failures()[0])["step"] == "archive"
+    # One attempt count everywhere: group row, its scans, the reason text, recorded failures.
+    (count,) = world.ledger.query(
+        "SELECT COUNT(*) FROM run_failures WHERE subject = ?", (f"group:{group['id']}",)
+    )[0]
+    assert count == group["attempts"] == 2 and {s["attempts"] for s in scans} == {2}
+    assert group["last_error"].startswith("after 2 attempt(s): HPSSError: htar: no space")
 
 
 def test_failed_prune_keeps_scans_and_shows_then_cancel_reschedules(world: World) -> None:

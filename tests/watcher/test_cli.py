@@ -90,5 +90,6 @@ def test_status_lists_failures_with_reasons(
     with pytest.raises(DichroismError, match="400 BAD_REQUEST"):
         cli("submit", str(path), "--beamline", "bl631")
     text = cli("status").stdout
-    assert "recent failures (1)" in text and "400 BAD_REQUEST: input invalid" in text
+    assert "Recent failures (1)" in text and "400 BAD_REQUEST: input invalid" in text
+    assert "[submit, 1 attempt(s)]" in text
     assert json.loads(cli("--format", "json", "status").stdout)["failures"][0]["step"] == "submit"

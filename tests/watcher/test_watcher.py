@@ -158,3 +158,20 @@ def test_catch_up_submits_files_present_at_start(
     watcher = running()
     assert wait_for(lambda: len(fake.requests) == 20)
     assert watcher.stats.detected == 20
+
+
+def test_refused_files_are_recorded_in_the_ledger(
+    cfg: Config, ledger: Ledger, tmp_path: Path, running: Callable[..., WatchService]
+) -> None:
+    """A file the watcher will not ship (here a symlink leaving the root) is remembered in
+    the ledger, so `status` and the alert digest show it, not only a log line."""
+    outside = write_file(tmp_path / "outside" / "secret.h5")
+    link = Path(cfg.beamlines["bl402"].watch.root) / "P1" / "link.h5"
+    link.parent.mkdir(parents=True)
+    running()
+    link.symlink_to(outside)
+    assert wait_for(lambda: bool(ledger.query("SELECT * FROM refusals")))
+    (row,) = ledger.query("SELECT * FROM refusals")
+    assert row["path"] == str(link) and row["beamline"] == "bl402"
+    assert "outside the watch root" in row["reason"]
+    assert ledger.get_scan(str(link)) is None
