@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+from dichroism_control.database import StateError
 from dichroism_control.identity import IdentityError, StillChanging, identify
-from dichroism_control.ledger import StateError
 from dichroism_control.quietlog import Throttle
 from dichroism_control.routing import Route, RouteError, matches, route
 from dichroism_control.versions import Seen, stale_paths

@@ -43,7 +43,7 @@ def status(
     """Per beamline: states, backlog and oldest age, throughput, health, failures."""
     from dichroism_control.cli.context import Context
     from dichroism_control.health import assess, iso
-    from dichroism_control.ledger import SCAN_STATES
+    from dichroism_control.ledger_schema import SCAN_STATES
 
     state: Context = ctx.obj
     config = state.config()
@@ -215,7 +215,7 @@ def _service_lines(health: dict[str, Any]) -> list[str]:
 
 def _text(report: dict[str, Any]) -> str:
     from dichroism_control.health import STAGE_LABELS, STAGES
-    from dichroism_control.ledger import SCAN_STATES
+    from dichroism_control.ledger_schema import SCAN_STATES
     from dichroism_control.output import human_bytes, local_time, table
 
     health = report["health"]

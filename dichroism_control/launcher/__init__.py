@@ -32,7 +32,8 @@ from dichroism_control.launcher.dispatch import Dispatcher
 from dichroism_control.launcher.labels import FLOW_NAME, run_label, run_tags
 from dichroism_control.launcher.lock import SubmitLock, submit_lock
 from dichroism_control.launcher.outcomes import Outcome, OutcomeWriter
-from dichroism_control.launcher.submit import Claim, Launcher
+from dichroism_control.launcher.queue import Claim
+from dichroism_control.launcher.submit import Launcher
 
 __all__ = [
     "FLOW_NAME",

@@ -22,7 +22,8 @@ from dichroism_control.launcher.outcomes import Outcome, OutcomeWriter
 from dichroism_control.quietlog import Throttle
 
 if TYPE_CHECKING:
-    from dichroism_control.launcher.submit import Claim, Launcher
+    from dichroism_control.launcher.queue import Claim
+    from dichroism_control.launcher.submit import Launcher
 
 log = logging.getLogger(__name__)
 

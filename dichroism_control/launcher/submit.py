@@ -7,7 +7,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dichroism_control.errors import (
@@ -19,8 +18,8 @@ from dichroism_control.errors import (
     TransientBackendError,
 )
 from dichroism_control.identity import IdentityError, identify
-from dichroism_control.launcher.labels import run_label
 from dichroism_control.launcher.outcomes import Outcome, Record
+from dichroism_control.launcher.queue import Claim, SubmitQueue
 from dichroism_control.launcher.recovery import LOOKUP_MARGIN_SECONDS, Recovery
 from dichroism_control.launcher.requests import RequestBuilder
 from dichroism_control.ledger import Scan
@@ -37,28 +36,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Scans whose new_file run is started, or being started, and not yet seen finished.
-IN_FLIGHT_SQL = "SELECT COUNT(*) AS n FROM scans WHERE state IN ('submitting', 'submitted')"
-
 # These answers come from in front of the service (rate limiter, load balancer with no
 # healthy target): the run was certainly not started, so no lookup is needed before a retry.
 NOT_STARTED_STATUSES = frozenset({429, 503})
-# Two runs writing one CFS path at once would race: a later version of a path waits until
-# the run of the earlier one has ended (the lifecycle then retires the earlier version).
-_NO_OLDER_RUN_IN_FLIGHT = (
-    "NOT EXISTS (SELECT 1 FROM scans AS older WHERE older.path = scans.path"
-    " AND older.version < scans.version AND older.state IN ('submitting', 'submitted'))"
-)
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A scan this process has moved to `submitting` and is about to send."""
-
-    scan: Scan
-    label: str
-    # Set when an earlier attempt may have started a run: look it up before sending.
-    uncertain: bool
-    since: float
 
 
 class Launcher:
@@ -82,6 +62,7 @@ class Launcher:
         self.rng = rng
         self.requests = RequestBuilder(config, deployment)
         self.flow_id = self.requests.flow_id
+        self.queue = SubmitQueue(config, ledger, clock=clock)
         self.recovery = Recovery(
             ledger, backend, self.flow_id, clock=clock, lookup_margin=lookup_margin
         )
@@ -121,80 +102,21 @@ class Launcher:
         rows = self.ledger.query("SELECT * FROM scans WHERE id = ?", (result.new_ids[0],))
         return Scan.from_row(rows[0])
 
-    # -- the queue -----------------------------------------------------------------------
+    # -- the queue (launcher/queue.py) ---------------------------------------------------
     def in_flight(self) -> int:
-        """new_file runs started (or being started) and not yet seen finished."""
-        rows = self.ledger.query(IN_FLIGHT_SQL)
-        return int(rows[0]["n"])
+        return self.queue.in_flight()
 
     def free_slots(self) -> int:
-        """How many more runs may start now (`submit.max_runs_in_flight`)."""
-        return max(0, self.config.submit.max_runs_in_flight - self.in_flight())
+        return self.queue.free_slots()
 
     def claim(self, *, limit: int, scan_ids: list[int] | None = None) -> list[Claim]:
-        """Move due `detected` scans to `submitting`, committed before anything is sent.
-
-        At most `submit.max_runs_in_flight` runs are in flight: the rest of a backlog waits
-        in the ledger, `detected`, and a slot frees when the lifecycle sees a run finish.
-        """
-        now = self.clock()
-        with self.ledger.transaction() as conn:
-            # IMMEDIATE: a concurrent writer waits rather than failing the snapshot later.
-            conn.execute("BEGIN IMMEDIATE")
-            in_flight = int(conn.execute(IN_FLIGHT_SQL).fetchone()["n"])
-            limit = min(limit, self.config.submit.max_runs_in_flight - in_flight)
-            if limit <= 0:
-                return []
-            if scan_ids is None:
-                rows = conn.execute(
-                    f"SELECT * FROM scans WHERE state = 'detected' AND next_attempt_at <= ?"
-                    f" AND {_NO_OLDER_RUN_IN_FLIGHT} ORDER BY next_attempt_at, id LIMIT ?",
-                    (now, limit),
-                ).fetchall()
-            else:
-                marks = ",".join("?" * len(scan_ids))
-                rows = conn.execute(
-                    f"SELECT * FROM scans WHERE state = 'detected' AND id IN ({marks})"
-                    f" AND {_NO_OLDER_RUN_IN_FLIGHT} ORDER BY id LIMIT ?",
-                    (*scan_ids, limit),
-                ).fetchall()
-            claims = []
-            updates = []
-            for row in rows:
-                scan = Scan.from_row(row)
-                label = run_label(scan.beamline, scan.rel, scan.version)
-                uncertain = scan.submit_started_at is not None
-                since = scan.submit_started_at if scan.submit_started_at is not None else now
-                claims.append(Claim(scan, label, uncertain, since))
-                updates.append((since, label, now, scan.id))
-            conn.executemany(
-                "UPDATE scans SET state = 'submitting', submit_started_at = ?, label = ?,"
-                " attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                updates,
-            )
-        return claims
+        return self.queue.claim(limit=limit, scan_ids=scan_ids)
 
     def next_due(self) -> float | None:
-        """When the earliest queued scan becomes due (None: nothing queued, or no slot free:
-        then only the lifecycle seeing a run finish frees one)."""
-        if self.free_slots() <= 0:
-            return None
-        rows = self.ledger.query(
-            "SELECT MIN(next_attempt_at) AS due FROM scans WHERE state = 'detected'"
-            f" AND {_NO_OLDER_RUN_IN_FLIGHT}"
-        )
-        due = rows[0]["due"] if rows else None
-        return float(due) if due is not None else None
+        return self.queue.next_due()
 
     def release(self, claim: Claim) -> Outcome:
-        """Give a claim back unsent (shutdown): as if it had never been claimed."""
-        self.ledger.update_scan(
-            claim.scan.id,
-            state="detected",
-            attempts=claim.scan.attempts,
-            submit_started_at=claim.since if claim.uncertain else None,
-        )
-        return Outcome(claim.scan.id, claim.scan.path, "released")
+        return self.queue.release(claim)
 
     # -- one attempt ---------------------------------------------------------------------
     def attempt(self, claim: Claim, *, record: Record | None = None) -> Outcome:

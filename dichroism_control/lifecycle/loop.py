@@ -32,6 +32,7 @@ from dichroism_control.config import Config
 from dichroism_control.deploy_state import Deployment
 from dichroism_control.ledger import Ledger
 from dichroism_control.lifecycle.archive import ArchiveGroups
+from dichroism_control.lifecycle.archive_runs import ArchiveRuns
 from dichroism_control.lifecycle.follow import RunFollower
 from dichroism_control.lifecycle.prune import PruneBatches
 from dichroism_control.lifecycle.transfers import NewFileRuns
@@ -59,6 +60,7 @@ class Lifecycle:
         self.follower = RunFollower(backend)
         self.transfers = NewFileRuns(*handles, clock=clock)
         self.archives = ArchiveGroups(*handles, clock=clock)
+        self.archive_runs = ArchiveRuns(*handles, clock=clock)
         self.prunes = PruneBatches(*handles, clock=clock)
 
     def run_once(self) -> dict[str, Any]:
@@ -69,13 +71,13 @@ class Lifecycle:
         with self._exclusive() as acquired:
             if not acquired:
                 return {"skipped": "another lifecycle pass holds the lock"}
-            awaited = self.transfers.awaited() + self.archives.awaited()
+            awaited = self.transfers.awaited() + self.archive_runs.awaited()
             awaited += self.prunes.awaited()
             listing = self.follower.list(flows, awaited, summary, errors)
             self.transfers.follow(listing, summary)
-            self.archives.follow(listing, summary)
+            self.archive_runs.follow(listing, summary)
             self.prunes.follow(listing, summary)
-            self.archives.resolve_submitting(listing, summary)
+            self.archive_runs.resolve_submitting(listing, summary)
             self.archives.form(summary)
             self.archives.submit(flows, summary, errors)
             pending = self.prunes.resolve_scheduling(listing, summary, errors)

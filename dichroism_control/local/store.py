@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dichroism_control.ledger import Database
+from dichroism_control.database import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS local_flows (
