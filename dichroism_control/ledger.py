@@ -17,11 +17,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# Parameters per IN (...): well below SQLite's limit (999 before 3.32).
+_IN_CHUNK = 500
 
 SCAN_STATES = (
     "detected",
@@ -214,6 +217,17 @@ class Ledger(Database):
             row["path"]
             for row in self.query("SELECT path FROM scans WHERE beamline = ?", (beamline,))
         }
+
+    def known_among(self, paths: Sequence[str]) -> set[str]:
+        """Which of `paths` are recorded: one indexed IN (...) per chunk, so a caller never
+        holds more than it asked about (the ledger may hold millions of paths)."""
+        known: set[str] = set()
+        for start in range(0, len(paths), _IN_CHUNK):
+            chunk = tuple(paths[start : start + _IN_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            rows = self.query(f"SELECT path FROM scans WHERE path IN ({marks})", chunk)
+            known.update(row[0] for row in rows)
+        return known
 
     def update_scan(self, scan_id: int, **fields: Any) -> None:
         if not fields:
