@@ -18,7 +18,6 @@ new directory) also follow the size/mtime rule: there is no close to wait for.
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
 import importlib
 import itertools
@@ -34,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+from dichroism_control.poller import ignore_matcher
 from dichroism_control.routing import RouteError, matches
 
 if TYPE_CHECKING:
@@ -225,28 +225,33 @@ class SettleTracker:
 
 
 # -- walking (catch-up, new directories, rescans) ------------------------------------------
+# Paths per round of catch-up (ledger look-up, stat, record): the walk is streamed, so a tree
+# of 10^5 unrecorded scans never exists in memory as lists of paths, routes and rows at once.
+_CATCH_UP_CHUNK = 1000
+
+
 def walk_files(root: str, beamline: Beamline) -> Iterator[str]:
     """Files below `root` that may be scans: ignored directories are not entered, and
-    directory symlinks are not followed (routing refuses what escapes the root anyway)."""
-    ignore = beamline.watch.ignore
+    directory symlinks are not followed (routing refuses what escapes the root anyway).
+    Streamed: one directory's listing is open at a time, never the whole tree."""
+    ignored = ignore_matcher(beamline.watch.ignore)
     stack = [root]
     while stack:
         directory = stack.pop()
         try:
-            entries = list(os.scandir(directory))
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if ignored(entry.name):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                            yield entry.path
+                    except OSError:
+                        continue
         except OSError as exc:
             log.warning("%s: cannot list (%s)", directory, exc.strerror)
-            continue
-        for entry in entries:
-            if any(fnmatch.fnmatch(entry.name, pattern) for pattern in ignore):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                    yield entry.path
-            except OSError:
-                continue
 
 
 # -- the service ---------------------------------------------------------------------------
@@ -358,24 +363,38 @@ class Watcher:
     def _observe(self, name: str, beamline: Beamline) -> BaseObserver:
         from watchdog import events
         from watchdog.observers import Observer
-        from watchdog.observers.polling import PollingObserver
+
+        from dichroism_control.poller import DirectoryPollingObserver
 
         poll = self.poll[name]
         observer: BaseObserver
+        wanted: list[type[FileSystemEvent]]
         if poll:
-            observer = PollingObserver(timeout=beamline.watch.poll_interval_seconds)
+            # Not watchdog's PollingObserver: it stats every file every interval (most of a
+            # core at 10^5 scans). This one stats directories, asks the ledger what is new,
+            # and leaves files being written to the settle tracker (docs/ARCHITECTURE.md).
+            root = beamline.watch.root.rstrip("/") + "/"
+            observer = DirectoryPollingObserver(
+                known=self.launcher.ledger.known_among,
+                ignore=beamline.watch.ignore,
+                accept=lambda path: matches(beamline, path[len(root) :]),
+                interval=beamline.watch.poll_interval_seconds,
+                rescan_seconds=self.rescan_seconds,
+            )
+            # It reports every unrecorded file of a new directory itself: DirCreatedEvent
+            # would only walk that directory a second time (catch_up).
+            wanted = [events.FileCreatedEvent]
         else:
             observer = Observer()
-        wanted: list[type[FileSystemEvent]] = [
-            events.FileCreatedEvent,
-            events.FileModifiedEvent,
-            events.FileMovedEvent,
-            events.FileDeletedEvent,
-            events.DirCreatedEvent,
-            events.DirMovedEvent,
-        ]
-        if not poll:
-            wanted.append(events.FileClosedEvent)
+            wanted = [
+                events.FileCreatedEvent,
+                events.FileModifiedEvent,
+                events.FileMovedEvent,
+                events.FileDeletedEvent,
+                events.DirCreatedEvent,
+                events.DirMovedEvent,
+                events.FileClosedEvent,
+            ]
         observer.schedule(
             _Handler(self, name, beamline, require_close=not poll),
             beamline.watch.root,
@@ -398,44 +417,57 @@ class Watcher:
         self, name: str, *, immediate: bool, below: str | None = None, new_directory: bool = False
     ) -> int:
         """Files present but unknown to the ledger: settle them (or, when `immediate` and
-        untouched for settle_seconds already, record them now). Returns how many."""
+        untouched for settle_seconds already, record them now). Returns how many.
+
+        Streamed in chunks of `_CATCH_UP_CHUNK` paths: each chunk is looked up, stat'ed and
+        recorded (the dispatcher starts on it) before the walk goes on."""
         beamline = self.beamlines[name]
         root = beamline.watch.root
-        candidates = [
-            p
-            for p in walk_files(below or root, beamline)
-            if p not in self.tracker and matches(beamline, os.path.relpath(p, root))
-        ]
-        unknown = self.launcher.unknown_paths(candidates)
-        now_wall = time.time()
-        settled: list[Finished] = []
-        wake = False
-        for path in unknown:
-            try:
-                info = os.lstat(path)
-            except OSError:
-                continue
-            if immediate and now_wall - info.st_mtime >= beamline.watch.settle_seconds:
-                settled.append(Finished(path, name, info.st_size, info.st_mtime))
-            else:
-                first_wait = (
-                    NEW_DIRECTORY_GRACE_FACTOR * beamline.watch.settle_seconds
-                    if new_directory
-                    else None
-                )
-                wake |= self.tracker.existing(path, beamline, name, first_wait=first_wait)
-        if wake:
-            self._wake_settle()
-        if settled:
-            self._record(settled)
-        if unknown:
+        prefix = root.rstrip("/") + "/"
+        first_wait = (
+            NEW_DIRECTORY_GRACE_FACTOR * beamline.watch.settle_seconds if new_directory else None
+        )
+        started = time.monotonic()
+        checked = found = 0
+        walk = walk_files(below or root, beamline)
+        while chunk := list(itertools.islice(walk, _CATCH_UP_CHUNK)):
+            checked += len(chunk)
+            # The ledger first (one indexed look-up per 500): nearly every path is known on a
+            # restart, and the pattern match costs more than the look-up.
+            unknown = [
+                p
+                for p in self.launcher.unknown_paths([p for p in chunk if p not in self.tracker])
+                if matches(beamline, p[len(prefix) :] if p.startswith(prefix) else p)
+            ]
+            found += len(unknown)
+            now_wall = time.time()
+            settled: list[Finished] = []
+            wake = False
+            for path in unknown:
+                try:
+                    info = os.lstat(path)
+                except OSError:
+                    continue
+                if immediate and now_wall - info.st_mtime >= beamline.watch.settle_seconds:
+                    settled.append(Finished(path, name, info.st_size, info.st_mtime))
+                else:
+                    wake |= self.tracker.existing(path, beamline, name, first_wait=first_wait)
+            if wake:
+                self._wake_settle()
+            if settled:
+                self._record(settled)
+        if below is None:
             log.info(
-                "%s: catch-up found %d unrecorded file(s) under %s",
+                "%s: catch-up of %s: %d file(s) checked, %d unrecorded (%.1f s)",
                 name,
-                len(unknown),
-                below or root,
+                root,
+                checked,
+                found,
+                time.monotonic() - started,
             )
-        return len(unknown)
+        elif found:
+            log.info("%s: catch-up found %d unrecorded file(s) under %s", name, found, below)
+        return found
 
     # -- settle thread -------------------------------------------------------------------
     def _wake_settle(self) -> None:
@@ -462,7 +494,10 @@ class Watcher:
                 if self.clock() >= next_rescan:
                     next_rescan = self.clock() + self.rescan_seconds
                     for name in self.beamlines:
-                        self.catch_up(name, immediate=True)
+                        # A polled root's poller re-lists it over the same period, a few
+                        # directories per tick, rather than in one walk here.
+                        if not self.poll[name]:
+                            self.catch_up(name, immediate=True)
             except Exception:
                 # The loop must survive anything (a full disk, a locked ledger): log and go on.
                 log.exception("settle loop error")
