@@ -234,7 +234,7 @@ class DirectoryPollingEmitter(EventEmitter):
                         continue
                     if is_dir:
                         subdirs.append(entry.name)
-                    elif self._accept is None or self._accept(entry.path):
+                    else:
                         files.append(entry.path)
         except OSError as exc:
             self._warn(path, "cannot list", exc)
@@ -253,7 +253,9 @@ class DirectoryPollingEmitter(EventEmitter):
             return
         known = self._known(files)
         for path in files:
-            if path not in known:
+            # The scan filter after the look-up: nearly every file is known, and the indexed
+            # look-up costs less than the pattern match.
+            if path not in known and (self._accept is None or self._accept(path)):
                 self.queue_event(FileCreatedEvent(path))
 
     def _refresh(self, path: str, info: os.stat_result, wall: int, *, force: bool) -> None:
