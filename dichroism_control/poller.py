@@ -185,16 +185,21 @@ class DirectoryPollingEmitter(EventEmitter):
         try:
             wall = self._wall_ns()  # before any stat: the racy rule needs a lower bound
             changed: list[tuple[str, os.stat_result]] = []
+            racy: list[tuple[str, os.stat_result]] = []
             gone: list[str] = []
             for path, state in self._dirs.items():
                 info, vanished = self._dir_stat(path)
                 if vanished:
                     gone.append(path)
-                elif info is not None and (state.racy or _ident(info) != state.ident):
+                elif info is not None and _ident(info) != state.ident:
                     changed.append((path, info))
+                elif info is not None and state.racy:
+                    racy.append((path, info))
             for path in gone:
                 self._forget(path)
-            for path, info in changed:
+            # Directories that certainly changed first: their new files are reported before
+            # the re-listing of the racy ones (which rarely find anything).
+            for path, info in changed + racy:
                 if path in self._dirs:  # not under a directory forgotten just now
                     self._refresh(path, info, wall, force=False)
             if self.root not in self._dirs:

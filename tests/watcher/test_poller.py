@@ -383,6 +383,47 @@ def test_racy_relistings_ask_the_ledger_only_when_names_changed(tmp_path: Path) 
     assert created(drain()) == {str(root / "P1" / "a.h5"), str(root / "P1" / "b.h5")}
 
 
+def test_the_racy_window_closes_with_the_default_setting(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_file(root / "P1" / "a.h5")
+    age(root, 7200)
+    age(root / "P1", 3600)
+    mtime = os.stat(root / "P1").st_mtime_ns
+    wall = [mtime + 10**9]  # listed 1 s after its last change: within RACY_SECONDS (3 s)
+    counting = Counting()
+    emitter, drain = make_emitter(root, counting, wall_ns=lambda: wall[0])
+    emitter.baseline()
+    counting.reset()
+    emitter.tick()
+    assert counting.listings == [str(root / "P1")]  # racy: listed again
+    wall[0] = mtime + 4 * 10**9
+    emitter.tick()  # listed once more, now trusted
+    counting.reset()
+    for _ in range(3):
+        emitter.tick()
+    assert counting.listings == []  # back to one stat per directory
+    assert drain() == []
+
+
+def test_a_root_that_vanishes_and_comes_back(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_file(root / "P1" / "a.h5")
+    counting = Counting()
+    emitter, drain = make_emitter(root, counting)
+    emitter.baseline()
+    (root / "P1" / "a.h5").unlink()
+    (root / "P1").rmdir()
+    root.rmdir()
+    emitter.tick()
+    assert emitter.directories == 0
+    emitter.tick()  # still gone: nothing to do, nothing raised
+    back = write_file(root / "P2" / "b.h5")
+    emitter.tick()
+    events = drain()
+    assert created(events) == {str(back)}
+    assert dirs_created(events) == {str(root), str(root / "P2")}
+
+
 # -- the catch-up streams --------------------------------------------------------------------
 def test_catch_up_works_in_bounded_chunks(
     poll_cfg: Config,
