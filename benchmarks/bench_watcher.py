@@ -366,6 +366,9 @@ def _poll_restart(
         "load_average_idle_after": load_idle_after,
         "new_scans": scans,
         "received": len(beyond),
+        # Beyond settle = time to the next poll (uniform over the interval: min ~ 0, p99 ~
+        # 0.99 x interval) + the record-claim-send path.
+        "min_ms_beyond_settle": round(min(beyond), 1),
         "p50_ms_beyond_settle": round(percentile(beyond, 50), 1),
         "p99_ms_beyond_settle": round(percentile(beyond, 99), 1),
         "max_ms_beyond_settle": round(max(beyond), 1),
