@@ -332,8 +332,12 @@ def _poll_restart(
     try:
         watch.wait_ready(log, timeout=120)
         watching = time.monotonic() - t0
-        watch.wait_ready(log, timeout=600, marker=b"catch-up of")
-        caught_up = time.monotonic() - t0
+        caught_up = float("nan")
+        if os.environ.get("BENCH_SOURCE"):
+            time.sleep(15)  # older code logs no end of its catch-up
+        else:
+            watch.wait_ready(log, timeout=600, marker=b"catch-up of")
+            caught_up = time.monotonic() - t0
         time.sleep(3)
         load_idle_before = load_average()
         cpu0, t1 = watch.cpu_seconds(), time.monotonic()
