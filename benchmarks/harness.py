@@ -28,6 +28,7 @@ def uid(n: int) -> str:
 class Server:
     def __init__(self, workdir: Path) -> None:
         port_file = workdir / "server.port"
+        port_file.unlink(missing_ok=True)  # a second server in the same workdir (restarts)
         self.proc = subprocess.Popen(
             [PYTHON, str(HERE / "flows_server.py"), "--port-file", str(port_file)]
         )
@@ -59,7 +60,9 @@ class Server:
         self.proc.wait()
 
 
-def write_config(workdir: Path, *, settle: float) -> Path:
+def write_config(
+    workdir: Path, *, settle: float, poll: bool = False, poll_interval: float = 1.0
+) -> Path:
     data = {
         "backend": "globus",
         "state_dir": str(workdir / "state"),
@@ -84,7 +87,12 @@ def write_config(workdir: Path, *, settle: float) -> Path:
         },
         "beamlines": {
             "bl402": {
-                "watch": {"root": str(workdir / "data" / "bl402"), "settle_seconds": settle},
+                "watch": {
+                    "root": str(workdir / "data" / "bl402"),
+                    "settle_seconds": settle,
+                    "poll": poll,
+                    "poll_interval_seconds": poll_interval,
+                },
                 "source": "bl402-compute-dtn",
                 "destination": "bl402-nersc_alsdev_raw",
                 "hpss_root": "/home/a/alsdev/data_mover/4.0.2",
@@ -164,11 +172,11 @@ class Watch:
             self.profiler.wait(60)
             self.profiler = None
 
-    def wait_ready(self, log: Path, timeout: float = 20) -> None:
+    def wait_ready(self, log: Path, timeout: float = 20, *, marker: bytes = b"watching") -> None:
         deadline = time.monotonic() + timeout
-        while b"watching" not in log.read_bytes():
+        while marker not in log.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("watcher did not start:\n" + log.read_text()[-3000:])
+                raise RuntimeError(f"watcher did not log {marker!r}:\n" + log.read_text()[-3000:])
             time.sleep(0.05)
 
     def cpu_seconds(self) -> float:
@@ -181,8 +189,15 @@ class Watch:
         return {"user_s": int(fields[11]) / tick, "system_s": int(fields[12]) / tick}
 
     def peak_rss_mb(self) -> float:
+        return self._status_mb("VmHWM:")
+
+    def rss_mb(self) -> float:
+        """Resident now (peak_rss_mb is the high-water mark since start)."""
+        return self._status_mb("VmRSS:")
+
+    def _status_mb(self, key: str) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
         return float("nan")
 

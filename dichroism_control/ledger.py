@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,17 @@ class Ledger(Database):
     def get_scan(self, path: str) -> Scan | None:
         rows = self.query("SELECT * FROM scans WHERE path = ?", (path,))
         return Scan.from_row(rows[0]) if rows else None
+
+    def known_among(self, paths: Sequence[str]) -> set[str]:
+        """Which of `paths` are recorded: one indexed IN (...) per chunk, so a caller never
+        holds more than it asked about (the ledger may hold millions of paths)."""
+        known: set[str] = set()
+        for start in range(0, len(paths), _SQL_CHUNK):
+            chunk = tuple(paths[start : start + _SQL_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            rows = self.query(f"SELECT path FROM scans WHERE path IN ({marks})", chunk)
+            known.update(row[0] for row in rows)
+        return known
 
     def update_scan(self, scan_id: int, **fields: Any) -> None:
         if not fields:

@@ -15,7 +15,6 @@ new directory) also follow the size/mtime rule: there is no close to wait for.
 
 from __future__ import annotations
 
-import fnmatch
 import heapq
 import itertools
 import logging
@@ -32,6 +31,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from dichroism_control.database import StateError
 from dichroism_control.identity import IdentityError, StillChanging, identify
+from dichroism_control.poller import ignore_matcher
 from dichroism_control.quietlog import Throttle
 from dichroism_control.routing import Route, RouteError, matches, route
 from dichroism_control.versions import Seen, stale_paths
@@ -234,28 +234,33 @@ def _utf8(path: str) -> bool:
 
 
 # -- walking (catch-up, new directories, rescans) ------------------------------------------
+# Paths per round of catch-up (ledger look-up, stat, record): the walk is streamed, so a tree
+# of 10^5 unrecorded scans never exists in memory as lists of paths, routes and rows at once.
+_CATCH_UP_CHUNK = 1000
+
+
 def walk_files(root: str, beamline: Beamline) -> Iterator[str]:
     """Files below `root` that may be scans: ignored directories are not entered, and
-    directory symlinks are not followed (routing refuses what escapes the root anyway)."""
-    ignore = beamline.watch.ignore
+    directory symlinks are not followed (routing refuses what escapes the root anyway).
+    Streamed: one directory's listing is open at a time, never the whole tree."""
+    ignored = ignore_matcher(beamline.watch.ignore)
     stack = [root]
     while stack:
         directory = stack.pop()
         try:
-            entries = list(os.scandir(directory))
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if ignored(entry.name):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                            yield entry.path
+                    except OSError:
+                        continue
         except OSError as exc:
             log.warning("%s: cannot list (%s)", directory, exc.strerror)
-            continue
-        for entry in entries:
-            if any(fnmatch.fnmatch(entry.name, pattern) for pattern in ignore):
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                    yield entry.path
-            except OSError:
-                continue
 
 
 # -- the watcher ---------------------------------------------------------------------------
@@ -321,24 +326,39 @@ class Watcher:
     def _observe(self, name: str, beamline: Beamline) -> BaseObserver:
         from watchdog import events
         from watchdog.observers import Observer
-        from watchdog.observers.polling import PollingObserver
+
+        from dichroism_control.poller import DirectoryPollingObserver
 
         poll = self.poll[name]
         observer: BaseObserver
+        wanted: list[type[FileSystemEvent]]
         if poll:
-            observer = PollingObserver(timeout=beamline.watch.poll_interval_seconds)
+            # Not watchdog's PollingObserver: it stats every file every interval (most of a
+            # core at 10^5 scans). This one stats directories, asks the ledger what is new
+            # or changed, and leaves files being written to the settle tracker
+            # (docs/ARCHITECTURE.md).
+            root = beamline.watch.root.rstrip("/") + "/"
+            observer = DirectoryPollingObserver(
+                known=self._held_as_they_are,
+                ignore=beamline.watch.ignore,
+                accept=lambda path: matches(beamline, path[len(root) :]),
+                interval=beamline.watch.poll_interval_seconds,
+                rescan_seconds=self.rescan_seconds,
+            )
+            # It reports every unrecorded file of a new directory itself: DirCreatedEvent
+            # would only walk that directory a second time (catch_up).
+            wanted = [events.FileCreatedEvent]
         else:
             observer = Observer()
-        wanted: list[type[FileSystemEvent]] = [
-            events.FileCreatedEvent,
-            events.FileModifiedEvent,
-            events.FileMovedEvent,
-            events.FileDeletedEvent,
-            events.DirCreatedEvent,
-            events.DirMovedEvent,
-        ]
-        if not poll:
-            wanted.append(events.FileClosedEvent)
+            wanted = [
+                events.FileCreatedEvent,
+                events.FileModifiedEvent,
+                events.FileMovedEvent,
+                events.FileDeletedEvent,
+                events.DirCreatedEvent,
+                events.DirMovedEvent,
+                events.FileClosedEvent,
+            ]
         observer.schedule(
             _Handler(self, name, beamline, require_close=not poll),
             beamline.watch.root,
@@ -356,56 +376,95 @@ class Watcher:
         )
         return observer
 
+    def _held_as_they_are(self, paths: list[str]) -> set[str]:
+        """Of `paths`, those the ledger holds as they are now (latest version, same size,
+        mtime and inode): the poller reports the others, new files and changed ones alike.
+        A name that is not UTF-8 counts as held (it can never be recorded: the catch-up
+        refuses and names it)."""
+        stats: dict[str, tuple[int, int, int]] = {}
+        held: set[str] = set()
+        for path in paths:
+            if not _utf8(path):
+                held.add(path)
+                continue
+            try:
+                info = os.lstat(path)
+            except OSError:
+                held.add(path)  # gone: nothing to report
+                continue
+            stats[path] = (info.st_size, info.st_mtime_ns, info.st_ino)
+        return held | (set(stats) - stale_paths(self.ledger, stats))
+
     # -- catch-up ------------------------------------------------------------------------
     def catch_up(
         self, name: str, *, immediate: bool, below: str | None = None, new_directory: bool = False
     ) -> int:
         """Files the ledger does not hold as they are now (never seen, or changed since
         their latest version was recorded): settle them (or, when `immediate` and untouched
-        for settle_seconds already, record them now). Returns how many."""
+        for settle_seconds already, record them now). Returns how many.
+
+        Streamed in chunks of `_CATCH_UP_CHUNK` paths: each chunk is stat'ed, compared with
+        the ledger and recorded (the dispatcher starts on it) before the walk goes on."""
         beamline = self.beamlines[name]
         root = beamline.watch.root
-        stats: dict[str, os.stat_result] = {}
-        for path in walk_files(below or root, beamline):
-            if path in self.tracker or not matches(beamline, os.path.relpath(path, root)):
-                continue
-            if not _utf8(path):
-                # Never reaches the ledger (SQLite text is UTF-8): refused once, named here.
-                self._refuse(name, path, f"{path!r}: the file name is not valid UTF-8; rename it")
-                continue
-            try:
-                stats[path] = os.lstat(path)
-            except OSError:
-                continue
-        stale = stale_paths(
-            self.ledger, {p: (i.st_size, i.st_mtime_ns, i.st_ino) for p, i in stats.items()}
+        prefix = root.rstrip("/") + "/"
+        first_wait = (
+            NEW_DIRECTORY_GRACE_FACTOR * beamline.watch.settle_seconds if new_directory else None
         )
-        now_wall = time.time()
-        settled: list[Finished] = []
-        wake = False
-        for path in sorted(stale):
-            info = stats[path]
-            if immediate and now_wall - info.st_mtime >= beamline.watch.settle_seconds:
-                settled.append(Finished(path, name, info.st_size, info.st_mtime))
-            else:
-                first_wait = (
-                    NEW_DIRECTORY_GRACE_FACTOR * beamline.watch.settle_seconds
-                    if new_directory
-                    else None
-                )
-                wake |= self.tracker.existing(path, beamline, name, first_wait=first_wait)
-        if wake:
-            self._wake_settle()
-        if settled:
-            self._record(settled)
-        if stale:
-            log.info(
-                "%s: catch-up found %d new or changed file(s) under %s",
-                name,
-                len(stale),
-                below or root,
+        started = time.monotonic()
+        checked = found = 0
+        walk = walk_files(below or root, beamline)
+        while chunk := list(itertools.islice(walk, _CATCH_UP_CHUNK)):
+            checked += len(chunk)
+            stats: dict[str, os.stat_result] = {}
+            for path in chunk:
+                if path in self.tracker:
+                    continue
+                if not _utf8(path):
+                    # Never reaches the ledger (SQLite text is UTF-8): refused, named once.
+                    if matches(beamline, path.removeprefix(prefix)):
+                        self._refuse(name, path, f"{path!r}: the file name is not valid UTF-8")
+                    continue
+                try:
+                    stats[path] = os.lstat(path)
+                except OSError:
+                    continue
+            # The ledger first (one indexed look-up per 500): nearly every path is known and
+            # unchanged on a restart, and the pattern match costs more than the look-up.
+            stale = stale_paths(
+                self.ledger, {p: (i.st_size, i.st_mtime_ns, i.st_ino) for p, i in stats.items()}
             )
-        return len(stale)
+            wanted = sorted(
+                p
+                for p in stale
+                if matches(beamline, p[len(prefix) :] if p.startswith(prefix) else p)
+            )
+            found += len(wanted)
+            now_wall = time.time()
+            settled: list[Finished] = []
+            wake = False
+            for path in wanted:
+                info = stats[path]
+                if immediate and now_wall - info.st_mtime >= beamline.watch.settle_seconds:
+                    settled.append(Finished(path, name, info.st_size, info.st_mtime))
+                else:
+                    wake |= self.tracker.existing(path, beamline, name, first_wait=first_wait)
+            if wake:
+                self._wake_settle()
+            if settled:
+                self._record(settled)
+        if below is None:
+            log.info(
+                "%s: catch-up of %s: %d file(s) checked, %d new or changed (%.1f s)",
+                name,
+                root,
+                checked,
+                found,
+                time.monotonic() - started,
+            )
+        elif found:
+            log.info("%s: catch-up found %d new or changed file(s) under %s", name, found, below)
+        return found
 
     # -- settle thread -------------------------------------------------------------------
     def _wake_settle(self) -> None:
@@ -432,7 +491,10 @@ class Watcher:
                 if self.clock() >= next_rescan:
                     next_rescan = self.clock() + self.rescan_seconds
                     for name in self.beamlines:
-                        self.catch_up(name, immediate=True)
+                        # A polled root's poller re-lists it over the same period, a few
+                        # directories per tick, rather than in one walk here.
+                        if not self.poll[name]:
+                            self.catch_up(name, immediate=True)
             except LEDGER_ERRORS as exc:
                 # The rescan re-finds whatever this pass could not look up or record.
                 if self._throttle.due("settle"):
