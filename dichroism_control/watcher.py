@@ -115,14 +115,29 @@ class SettleTracker:
         entry.size, entry.mtime_ns = info.st_size, info.st_mtime_ns
         return True
 
-    def created(self, path: str, beamline: Beamline, name: str, *, require_close: bool) -> bool:
+    def created(
+        self,
+        path: str,
+        beamline: Beamline,
+        name: str,
+        *,
+        require_close: bool,
+        found_late_by: float = 0.0,
+    ) -> bool:
+        """A new file. `found_late_by`: at most how long it may have existed before it was
+        seen (a poller's interval); the time it has already been quiet since its last write,
+        up to that, counts toward its settle period, so a polled file is recorded settle
+        after its last write, not settle after the next tick."""
         with self._lock:
             if path in self._entries:
                 return False
             entry = _Entry(name, beamline.watch.settle_seconds, require_close)
             self._entries[path] = entry
-            self._stat_into(path, entry)
-            return self._schedule(path, entry, self.clock() + entry.settle)
+            wait = entry.settle
+            if self._stat_into(path, entry) and found_late_by > 0:
+                quiet = time.time() - entry.mtime_ns / 1e9
+                wait -= min(max(quiet, 0.0), found_late_by)
+            return self._schedule(path, entry, self.clock() + wait)
 
     def written(self, path: str, beamline: Beamline, name: str, *, require_close: bool) -> bool:
         with self._lock:
@@ -661,7 +676,16 @@ class _Handler(FileSystemEventHandler):
         elif not self._wanted(src):
             return
         elif kind == "created":
-            wake = tracker.created(src, self.beamline, self.name, require_close=self.require_close)
+            wake = tracker.created(
+                src,
+                self.beamline,
+                self.name,
+                require_close=self.require_close,
+                # Polling finds a file up to one interval after it appeared.
+                found_late_by=0.0
+                if self.require_close
+                else self.beamline.watch.poll_interval_seconds,
+            )
         elif kind == "modified":
             wake = tracker.written(src, self.beamline, self.name, require_close=self.require_close)
         elif kind == "closed":
