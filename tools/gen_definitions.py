@@ -497,12 +497,10 @@ prune = {
             },
             "WasStatted": {
                 "Type": "Choice",
+                "Comment": "A path that does not exist is a stat without a `type` (the stat "
+                "action reports NotFound in details.code, or fails): gone; any other: changed.",
                 "Choices": [
-                    {
-                        "Variable": "$.stat.status",
-                        "StringEquals": "SUCCEEDED",
-                        "Next": "MarkChanged",
-                    }
+                    {"Variable": "$.stat.details.type", "IsPresent": True, "Next": "MarkChanged"}
                 ],
                 "Default": "MarkGone",
             },

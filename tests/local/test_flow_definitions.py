@@ -165,8 +165,9 @@ def transfer_task(body: dict[str, Any], kind: str = "TRANSFER") -> dict[str, Any
     }
 
 
-# What a target looks like now, by path: (type, size, last_modified), or None (cannot stat).
-Targets = dict[str, tuple[str, int, str] | None]
+# What a target looks like now, by path: (type, size, last_modified), None (the stat fails)
+# or "NotFound" (the stat succeeds and says NotFound in details.code).
+Targets = dict[str, tuple[str, int, str] | str | None]
 
 
 def stat_result(size: int = 123, targets: Targets | None = None) -> Callable[..., Any]:
@@ -174,12 +175,15 @@ def stat_result(size: int = 123, targets: Targets | None = None) -> Callable[...
         kind, found_size, modified = ("file", size, MTIME)
         if targets is not None and body["path"] in targets:
             found = targets[body["path"]]
+            if found == "NotFound":
+                return {"code": "NotFound", "description": f"{body['path']} does not exist"}
             if found is None:
                 # A path that does not exist: the stat action fails (NotFound).
                 return ActionStatus(
                     status=FAILED,
                     details={"code": "NotFound", "description": f"{body['path']} not found"},
                 )
+            assert isinstance(found, tuple)
             kind, found_size, modified = found
         return {
             "DATA_TYPE": "file",
@@ -410,6 +414,13 @@ def test_prune_deletes_exactly_what_is_safe_and_unchanged_and_reports_the_rest()
         "kept_gone": 1,
         "kept_unsafe": 1,
     }
+
+
+def test_a_target_reported_not_found_by_a_successful_stat_is_gone() -> None:
+    stubs = providers(targets={"/data/bl402/P1/scan.h5": "NotFound"})
+    outcome = run("prune", stubs)
+    assert outcome.status == "SUCCEEDED"
+    assert outcome.output["check"]["gone"] == [0] and stubs[DELETE].bodies == []
 
 
 def test_a_target_that_became_a_directory_is_kept() -> None:
