@@ -101,6 +101,11 @@ def write_config(
         },
         # The benchmark's lifecycle loop (if installed) must not add HTTP traffic.
         "lifecycle": {"poll_seconds": 3600},
+        # These benchmarks measure the watcher's own pipeline (detect, hash, record, claim,
+        # send), as issue 3 set its targets: the production bounds on runs in flight (12)
+        # and run starts per second (10), which protect Transfer, would measure those bounds
+        # instead (and no lifecycle ends the loopback server's runs).
+        "submit": {"max_runs_in_flight": 10_000_000, "max_run_starts_per_second": 1e6},
     }
     (workdir / "data" / "bl402").mkdir(parents=True, exist_ok=True)
     path = workdir / "config.yml"
