@@ -182,6 +182,21 @@ class SettleTracker:
             wait = entry.settle if first_wait is None else max(first_wait, entry.settle)
             return self._schedule(path, entry, self.clock() + wait)
 
+    def paths(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    def waiting_for_close(self, path: str) -> bool:
+        """Written with a writer seen (inotify) and not closed: no deadline until the close."""
+        with self._lock:
+            entry = self._entries.get(path)
+            return (
+                entry is not None
+                and entry.written
+                and not entry.closed
+                and (entry.require_close and entry.due == math.inf)
+            )
+
     def gone(self, path: str) -> None:
         with self._lock:
             self._entries.pop(path, None)

@@ -55,7 +55,7 @@ def running(
 def test_a_file_being_written_is_not_submitted_until_finished(
     cfg: Config, fake: FakeBackend, running: Callable[..., WatchService], poll: bool
 ) -> None:
-    running(poll=poll)
+    watcher = running(poll=poll)
     path = Path(cfg.beamlines["bl402"].watch.root) / "P1" / "slow.h5"
     path.parent.mkdir(parents=True)
     settle = cfg.beamlines["bl402"].watch.settle_seconds
@@ -67,9 +67,15 @@ def test_a_file_being_written_is_not_submitted_until_finished(
             handle.write(b"x" * 1000)
             handle.flush()
             time.sleep(pause)
+        # The writer never paused for settle_seconds (polling) or has not closed the file
+        # (inotify): by construction no settle window passed without a change.
         assert fake.requests == []
         if not poll:
-            time.sleep(settle * 3)  # open, idle, not closed: still not finished
+            # Open, idle, not closed: the tracker holds it written-and-unclosed, with no
+            # deadline at all: nothing will look at it again until its close arrives.
+            tracker = watcher.watcher.tracker
+            assert wait_for(lambda: str(path) in tracker)
+            assert tracker.waiting_for_close(str(path))
             assert fake.requests == []
     assert wait_for(lambda: len(fake.requests) == 1)
     assert fake.requests[0].body["input"]["source"]["size"] == rounds * 1000
@@ -96,19 +102,23 @@ def test_200_files_then_restart_without_resubmission(
     write_file(root / "P9" / "new_while_down.h5")
     again = running()
     assert wait_for(lambda: len(fake.requests) == 201)
-    time.sleep(0.5)
+    # Nothing can be sent again: only a `detected` scan is ever claimed, and there is none;
+    # every path holds exactly one version.
+    assert ledger.state_counts()["bl631"] == {"submitted": 201}
+    assert ledger.query("SELECT COUNT(*) AS n FROM scans WHERE version > 1")[0]["n"] == 0
     assert len(fake.requests) == 201 and again.stats.detected == 1
 
 
 def test_ignored_names_and_escaping_symlinks(
     cfg: Config,
     tmp_path: Path,
+    ledger: Ledger,
     fake: FakeBackend,
     running: Callable[..., WatchService],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)
-    running()
+    watcher = running()
     root = Path(cfg.beamlines["bl402"].watch.root)
     outside = write_file(tmp_path / "outside" / "secret.h5")
     (root / "P1").mkdir()
@@ -117,8 +127,12 @@ def test_ignored_names_and_escaping_symlinks(
         write_file(root / name)
     write_file(root / "P1" / "real.h5")
     assert wait_for(lambda: len(fake.requests) == 1)
-    time.sleep(0.6)
+    # The ignored names were written first, and inotify delivers in order: by the time the
+    # real scan is recorded their events have been handled, and none is tracked or recorded.
     assert [r.label for r in fake.requests] == ["bl402 P1/real.h5"]
+    tracked = {Path(p).name for p in watcher.watcher.tracker.paths()}
+    assert tracked.isdisjoint({".hidden.h5", "partial.h5.part", "x.tmp", "inner.h5"})
+    assert [r["rel"] for r in ledger.query("SELECT rel FROM scans")] == ["P1/real.h5"]
     assert wait_for(
         lambda: any(
             "escape.h5" in r.getMessage() and "outside the watch root" in r.getMessage()
