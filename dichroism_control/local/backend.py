@@ -34,12 +34,12 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dichroism_control.backend import FINAL_STATUSES, FlowSpec, RunRequest
-from dichroism_control.errors import PermanentBackendError
 from dichroism_control.local.engine import Engine
 from dichroism_control.local.executor import RunExecutor
 from dichroism_control.local.providers import build_providers
 from dichroism_control.local.registry import FlowRegistry
 from dichroism_control.local.runs import RunRecords
+from dichroism_control.local.service_rules import flows
 from dichroism_control.local.store import LocalStore, owner_alive, owner_token
 from dichroism_control.local.timers import LocalTimers
 
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 DEFAULT_WORKERS = 8
 TICK_SECONDS = 0.25
 REAP_SECONDS = 5.0
-LABEL_LIMIT = 128
 
 
 class LocalBackend:
@@ -152,17 +151,13 @@ class LocalBackend:
 
     # ================================================================== runs
     def run_flow(self, request: RunRequest) -> dict[str, Any]:
-        from dichroism_control.local.run_documents import not_found
-
+        """Start a run as Flows does: 404 for an unknown flow, 422 for an over-long label, 400
+        for input the flow's schema rejects (service_rules.flows)."""
         flow = self.registry.flow_row(request.flow_id)
         if flow is None:
-            raise not_found("flow", request.flow_id)
+            raise flows.not_found("flow", request.flow_id)
+        flows.check_label(request.label)
         self.registry.validate_body(flow, request.body)
-        if len(request.label) > LABEL_LIMIT:
-            raise PermanentBackendError(
-                f"400 BAD_REQUEST: label is longer than {LABEL_LIMIT} characters",
-                http_status=400,
-            )
         with self.store.transaction() as conn:
             run_id = self.records.insert(conn, flow, _request_fields(request))
         self.executor.submit(run_id, flow)
@@ -171,11 +166,21 @@ class LocalBackend:
     def get_run(self, run_id: str) -> dict[str, Any]:
         return self.records.get(run_id)
 
+    def list_runs_page(self, flow_ids: list[str], marker: str | None = None) -> dict[str, Any]:
+        """One page of GET /runs (newest first): `runs`, `has_next_page`, `marker`."""
+        return self.records.page(flow_ids, marker)
+
     def iter_runs(self, *, flow_ids: list[str]) -> Iterator[dict[str, Any]]:
         self.fire_due_timers()
         if time.monotonic() - self.records.last_reap >= 1.0:
             self.reap_interrupted()
-        yield from self.records.iter(flow_ids)
+        marker: str | None = None
+        while True:
+            page = self.list_runs_page(flow_ids, marker)
+            yield from page["runs"]
+            marker = page.get("marker")
+            if not page["has_next_page"] or not marker:
+                return
 
     def iter_run_logs(self, run_id: str) -> Iterator[dict[str, Any]]:
         return self.records.iter_logs(run_id)

@@ -70,12 +70,16 @@ class RunExecutor:
             def on_log(entry: LogEntry) -> None:
                 self.records.log(run_id, entry)
 
+            def on_status(status: str, details: dict[str, Any]) -> None:
+                self.records.set_live_status(run_id, status, details)
+
             outcome = self.engine.run(
                 definition,
                 body,
                 context=self.context(run_id, flow_id),
                 cancel=cancel,
                 on_log=on_log,
+                on_status=on_status,
             )
             self.records.finish(run_id, outcome)
         except Exception as exc:  # an engine or store bug: the run must still end

@@ -9,7 +9,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from dichroism_control.errors import PermanentBackendError
-from dichroism_control.local.run_documents import not_found, now_iso
+from dichroism_control.local.run_documents import now_iso
+from dichroism_control.local.service_rules.flows import InputCheck, input_validator, not_found
 from dichroism_control.local.store import LocalStore, dumps, loads
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class FlowRegistry:
         self._problems = problems  # the engine's checks of a definition
         self.user_id = user_id
         self._lock = threading.Lock()
-        self._validators: dict[str, Any] = {}
+        self._checks: dict[str, InputCheck] = {}
 
     # ------------------------------------------------------------------ functions
     def register_function(self, *, name: str, source: str, description: str) -> str:
@@ -115,7 +116,7 @@ class FlowRegistry:
         if count == 0:
             raise not_found("flow", flow_id)
         with self._lock:
-            self._validators.pop(flow_id, None)
+            self._checks.pop(flow_id, None)
         flow = self.get_flow(flow_id)
         assert flow is not None
         return flow
@@ -139,22 +140,12 @@ class FlowRegistry:
 
     # ------------------------------------------------------------------ run input
     def validate_body(self, flow: sqlite3.Row, body: dict[str, Any]) -> None:
-        import jsonschema
-
+        """Refuse (400) run input the flow's input schema rejects, formats included
+        (service_rules.flows.input_validator)."""
         with self._lock:
-            validator = self._validators.get(flow["id"])
-        if validator is None:
-            schema = loads(flow["input_schema"])
-            validator = jsonschema.validators.validator_for(schema)(schema)
+            check = self._checks.get(flow["id"])
+        if check is None:
+            check = input_validator(loads(flow["input_schema"]))
             with self._lock:
-                self._validators[flow["id"]] = validator
-        errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
-        if errors:
-            first = errors[0]
-            where = "/".join(str(p) for p in first.absolute_path) or "(top)"
-            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-            raise PermanentBackendError(
-                f"400 BAD_REQUEST: input does not match the flow's input_schema at "
-                f"{where}: {first.message[:500]}{more}",
-                http_status=400,
-            )
+                self._checks[flow["id"]] = check
+        check(body)

@@ -2,8 +2,9 @@
 what its log says while it runs, how it ends, how it is listed, and the runs whose process
 died under them.
 
-Every change that must happen once is an `UPDATE ... WHERE status = 'ACTIVE'` whose rowcount
+Every change that must happen once is an `UPDATE ... WHERE status IN <live>` whose rowcount
 says who won (the process that ran the run, a canceller, or the reaper of dead processes).
+A live run is ACTIVE or INACTIVE (waiting on something, e.g. a consent).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from dichroism_control.local.run_documents import iso, not_found, now_iso, run_document
+from dichroism_control.local.run_documents import now_iso, run_document
+from dichroism_control.local.service_rules import flows
 from dichroism_control.local.store import LocalStore, dumps, loads, owner_alive
 
 if TYPE_CHECKING:
@@ -24,8 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PAGE = 100
+LOG_PAGE = 100
 INTERRUPTED = "FlowInterrupted"
+LIVE = "status IN ('ACTIVE', 'INACTIVE')"
 
 
 class RunRecords:
@@ -42,7 +45,7 @@ class RunRecords:
         """A new ACTIVE run of `flow` for a run request (body, label, tags, roles, policy)."""
         run_id = str(uuid.uuid4())
         now = time.time()
-        details = {"code": "FlowStarting", "description": "The Flow is starting execution"}
+        details = dict(flows.STARTING)
         meta = {k: request.get(k) for k in ("run_managers", "run_monitors")} | {
             "activity_notification_policy": request.get("activity_notification_policy")
         }
@@ -59,7 +62,7 @@ class RunRecords:
                 dumps(meta),
                 dumps(request.get("body") or {}),
                 dumps(details),
-                iso(now),
+                flows.start_time(now),
                 now,
                 self.owner,
             ),
@@ -88,11 +91,18 @@ class RunRecords:
                     (dumps(details), run_id),
                 )
 
+    def set_live_status(self, run_id: str, status: str, details: dict[str, Any]) -> None:
+        """A live run going INACTIVE (what it waits on in its details) or ACTIVE again."""
+        self.store.execute(
+            f"UPDATE local_runs SET status = ?, details = ? WHERE run_id = ? AND {LIVE}",
+            (status, dumps(details), run_id),
+        )
+
     # ------------------------------------------------------------------ end
     def finish(self, run_id: str, outcome: RunOutcome) -> None:
         self.store.execute(
             "UPDATE local_runs SET status = ?, details = ?, completion_time = ?"
-            " WHERE run_id = ? AND status = 'ACTIVE'",
+            f" WHERE run_id = ? AND {LIVE}",
             (outcome.status, dumps(outcome.details), outcome.completion_time, run_id),
         )
 
@@ -100,16 +110,16 @@ class RunRecords:
         details = {"code": code, "description": description, "output": None}
         count = self.store.execute(
             "UPDATE local_runs SET status = 'FAILED', details = ?, completion_time = ?"
-            " WHERE run_id = ? AND status = 'ACTIVE'",
+            f" WHERE run_id = ? AND {LIVE}",
             (dumps(details), now_iso(), run_id),
         )
         return count == 1
 
     def reap_interrupted(self) -> int:
-        """Mark FAILED the ACTIVE runs whose owning process is gone. Returns how many."""
+        """Mark FAILED the live runs whose owning process is gone. Returns how many."""
         self.last_reap = time.monotonic()
         reaped = 0
-        rows = self.store.query("SELECT run_id, owner FROM local_runs WHERE status = 'ACTIVE'")
+        rows = self.store.query(f"SELECT run_id, owner FROM local_runs WHERE {LIVE}")
         dead: dict[str, bool] = {}
         for row in rows:
             owner = row["owner"]
@@ -125,7 +135,7 @@ class RunRecords:
             )
             count = self.store.execute(
                 "UPDATE local_runs SET status = 'FAILED', details = ?, completion_time = ?"
-                " WHERE run_id = ? AND status = 'ACTIVE' AND owner = ?",
+                f" WHERE run_id = ? AND {LIVE} AND owner = ?",
                 (
                     dumps({"code": INTERRUPTED, "description": description, "output": None}),
                     now_iso(),
@@ -148,27 +158,18 @@ class RunRecords:
         self.store.execute("UPDATE local_runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
 
     def end_orphan(self, run_id: str) -> None:
-        """Cancel a run whose process has already exited: nothing else will end it."""
+        """Cancel a run whose process has already exited: nothing else will end it. Like any
+        canceled run it ends FAILED with code FlowCanceled (service_rules.flows)."""
+        details = flows.canceled_details("canceled; its process had already exited")
         self.store.execute(
-            "UPDATE local_runs SET status = 'ENDED', details = ?, completion_time = ?"
-            " WHERE run_id = ? AND status = 'ACTIVE'",
-            (
-                dumps(
-                    {
-                        "code": "FlowCanceled",
-                        "description": "canceled; its process had already exited",
-                        "output": None,
-                    }
-                ),
-                now_iso(),
-                run_id,
-            ),
+            "UPDATE local_runs SET status = ?, details = ?, completion_time = ?"
+            f" WHERE run_id = ? AND {LIVE}",
+            (flows.CANCELED_STATUS, dumps({**details, "output": None}), now_iso(), run_id),
         )
 
     def cancel_requested(self) -> set[str]:
         rows = self.store.query(
-            "SELECT run_id FROM local_runs WHERE cancel_requested = 1 AND status = 'ACTIVE'"
-            " AND owner = ?",
+            f"SELECT run_id FROM local_runs WHERE cancel_requested = 1 AND {LIVE} AND owner = ?",
             (self.owner,),
         )
         return {row["run_id"] for row in rows}
@@ -177,45 +178,49 @@ class RunRecords:
     def get(self, run_id: str) -> dict[str, Any]:
         rows = self.store.query("SELECT * FROM local_runs WHERE run_id = ?", (run_id,))
         if not rows:
-            raise not_found("run", run_id)
+            raise flows.not_found("run", run_id)
         return run_document(rows[0], self.owner_urn)
 
-    def iter(self, flow_ids: list[str]) -> Iterator[dict[str, Any]]:
-        where = ""
+    def page(self, flow_ids: list[str], marker: str | None = None) -> dict[str, Any]:
+        """One page of the flows' runs, newest first, as Flows pages GET /runs
+        (service_rules.flows: `limit`, `has_next_page`, an opaque `marker`)."""
+        after: list[Any] | None = None
+        if marker is not None:
+            flow_ids, after = flows.decode_marker(marker)
+        clauses: list[str] = []
         params: list[Any] = []
         if flow_ids:
-            where = f"flow_id IN ({', '.join('?' for _ in flow_ids)})"
-            params = list(flow_ids)
-        cursor: tuple[float, str] | None = None
-        while True:
-            clauses = [where] if where else []
-            page_params = list(params)
-            if cursor is not None:
-                clauses.append("(start_ts < ? OR (start_ts = ? AND run_id < ?))")
-                page_params += [cursor[0], cursor[0], cursor[1]]
-            sql = "SELECT * FROM local_runs"
-            if clauses:
-                sql += " WHERE " + " AND ".join(clauses)
-            sql += " ORDER BY start_ts DESC, run_id DESC LIMIT ?"
-            rows = self.store.query(sql, (*page_params, PAGE))
-            for row in rows:
-                yield run_document(row, self.owner_urn)
-            if len(rows) < PAGE:
-                return
-            cursor = (rows[-1]["start_ts"], rows[-1]["run_id"])
+            clauses.append(f"flow_id IN ({', '.join('?' for _ in flow_ids)})")
+            params += flow_ids
+        if after is not None:
+            clauses.append("(start_ts < ? OR (start_ts = ? AND run_id < ?))")
+            params += [after[0], after[0], after[1]]
+        sql = "SELECT * FROM local_runs"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY start_ts DESC, run_id DESC LIMIT ?"
+        rows = self.store.query(sql, (*params, flows.RUNS_PAGE_LIMIT + 1))
+        window = rows[: flows.RUNS_PAGE_LIMIT]
+        last = [window[-1]["start_ts"], window[-1]["run_id"]] if window else None
+        return flows.page_document(
+            [run_document(row, self.owner_urn) for row in window],
+            flow_ids,
+            last,
+            len(rows) > flows.RUNS_PAGE_LIMIT,
+        )
 
     def iter_logs(self, run_id: str) -> Iterator[dict[str, Any]]:
         if not self.store.query("SELECT 1 FROM local_runs WHERE run_id = ?", (run_id,)):
-            raise not_found("run", run_id)
+            raise flows.not_found("run", run_id)
         last = 0
         while True:
             rows = self.store.query(
                 "SELECT id, entry FROM local_run_logs WHERE run_id = ? AND id > ?"
                 " ORDER BY id LIMIT ?",
-                (run_id, last, PAGE),
+                (run_id, last, LOG_PAGE),
             )
             for row in rows:
                 yield loads(row["entry"])
-            if len(rows) < PAGE:
+            if len(rows) < LOG_PAGE:
                 return
             last = rows[-1]["id"]

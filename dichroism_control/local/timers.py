@@ -1,8 +1,10 @@
 """The local stand-in for Globus Timers: once-timers that start a flow run, kept in
-`local_timers`.
+`local_timers`, obeying service_rules.timers: a timer keeps only the FlowStartDocument of
+the run request (no label), starts its run without a label, and has ended once it fired.
 
 A timer fires exactly once, whichever process gets there first: the claim is
-`UPDATE ... WHERE status = 'loaded'` in the same transaction that inserts the run.
+`UPDATE ... WHERE status = 'loaded'` in the same transaction that inserts the run. Stored
+statuses: loaded -> firing -> ended (its run started) | error (its run was refused); deleted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from dichroism_control.errors import PermanentBackendError
-from dichroism_control.local.run_documents import iso, not_found
+from dichroism_control.local.service_rules import timers as rules
+from dichroism_control.local.service_rules.flows import ACTIVE, not_found
 from dichroism_control.local.store import LocalStore, dumps, loads
 
 if TYPE_CHECKING:
@@ -29,31 +32,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def timer_document(row: sqlite3.Row) -> dict[str, Any]:
-    status = row["status"]
-    ran = status in ("ended", "error")
-    shown = {"firing": "loaded", "ended": "inactive", "error": "inactive"}.get(status, status)
-    doc: dict[str, Any] = {
-        "job_id": row["job_id"],
-        "name": row["name"],
-        "timer_type": "flow",
-        "flow_id": row["flow_id"],
-        "status": shown,
-        "next_run": None if ran or status == "deleted" else iso(row["run_at"]),
-        "last_ran_at": iso(row["last_ran_at"]),
-        "submitted_at": iso(row["submitted_at"]),
-        "schedule": {"type": "once", "datetime": iso(row["run_at"])},
-        "body": loads(row["body"]),
-        "number_of_runs": 1 if status == "ended" else 0,
-        "number_of_errors": 1 if status == "error" else 0,
-        "run_id": row["run_id"],
-    }
+def timer_document(row: sqlite3.Row, *, status: str | None = None) -> dict[str, Any]:
+    """The timer as Timers lists it (service_rules.timers.timer_document)."""
+    stored = row["status"]
+    ran = stored in ("ended", "error")
+    results = []
     if ran:
-        doc["inactive_reason"] = {
-            "cause": "ended" if status == "ended" else "error",
-            "detail": row["last_error"],
-        }
-    return doc
+        results.append(
+            rules.result(
+                ran_at=row["last_ran_at"],
+                run_id=row["run_id"],
+                run_status=ACTIVE if row["run_id"] else None,
+                error=row["last_error"],
+            )
+        )
+    shown = status or (rules.ENDED if ran else rules.SCHEDULED)
+    return rules.timer_document(
+        job_id=row["job_id"],
+        name=row["name"],
+        flow_id=row["flow_id"],
+        run_at=row["run_at"],
+        body=loads(row["body"]) or {},
+        status=shown,
+        submitted_at=row["submitted_at"],
+        last_ran_at=row["last_ran_at"],
+        results=results,
+    )
 
 
 class LocalTimers:
@@ -85,11 +89,11 @@ class LocalTimers:
                 name,
                 request.flow_id,
                 run_at.timestamp(),
-                dumps(request.timer_body()),
+                dumps(rules.flow_start_document(request.timer_body())),
                 time.time(),
             ),
         )
-        return timer_document(self._row(job_id))
+        return timer_document(self._row(job_id), status=rules.CREATED)
 
     def _row(self, job_id: str) -> sqlite3.Row:
         rows = self.store.query("SELECT * FROM local_timers WHERE job_id = ?", (job_id,))
@@ -112,7 +116,8 @@ class LocalTimers:
             "UPDATE local_timers SET status = 'deleted' WHERE job_id = ? AND status != 'deleted'",
             (timer_id,),
         )
-        return timer_document(self._row(timer_id))
+        # DELETE answers the job as it was (SDK fixture timer/delete_job.py); gone after.
+        return timer_document(row)
 
     def fire_due(self) -> list[str]:
         """Start the run of every due timer; each fires once, whichever process gets it."""
@@ -144,7 +149,7 @@ class LocalTimers:
             timer = conn.execute(
                 "SELECT * FROM local_timers WHERE job_id = ?", (job_id,)
             ).fetchone()
-            request = loads(timer["body"]) or {}
+            request = rules.run_request(loads(timer["body"]) or {})
             flow = conn.execute(
                 "SELECT * FROM local_flows WHERE id = ?", (timer["flow_id"],)
             ).fetchone()

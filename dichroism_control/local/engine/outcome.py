@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dichroism_control.local.service_rules.flows import CANCELED_STATUS, canceled_details
+
 LogEntry = dict[str, Any]
 RunStatus = Literal["SUCCEEDED", "FAILED", "ENDED"]
 
@@ -141,11 +143,13 @@ class RunRecord:
             "The Flow Instance was canceled",
             {"state_name": state_name, "output": output},
         )
+        # Flows ends a canceled run FAILED with code FlowCanceled (service_rules.flows).
         return self.finish(
-            "ENDED",
+            CANCELED_STATUS,
             {
-                "code": "FlowCanceled",
-                "description": f"The run was canceled (at state {state_name})",
+                **canceled_details(
+                    f"The Flow Instance was canceled by the user (at state {state_name})"
+                ),
                 "output": output,
                 "state_name": state_name,
             },
