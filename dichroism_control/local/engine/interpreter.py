@@ -39,10 +39,7 @@ from dichroism_control.local.service_rules.flows import (
     ACTIVE,
     INACTIVE,
     RUN_STATE_MAX_BYTES,
-    STATE_TOO_LARGE,
     inactive_details,
-    state_size,
-    state_too_large,
 )
 
 # (status, details): a run going INACTIVE because an action waits on something (a consent),
@@ -163,24 +160,8 @@ class _Run:
         )
 
     def state_too_large(self, name: str | None) -> RunOutcome | None:
-        """The failed outcome when the run state is over the Flows cap, measured after every
-        state transition (service_rules.flows: RUN_STATE_MAX_BYTES); None while it fits."""
-        limit = self.engine.max_state_bytes
-        if limit is None:
-            return None
-        size = state_size(self.data.state)
-        if size <= limit:
-            return None
-        description = state_too_large(size, name)
-        # The state itself is what does not fit: it is not repeated as the output.
-        return self.record.failed(
-            STATE_TOO_LARGE,
-            description,
-            state_name=name,
-            error=STATE_TOO_LARGE,
-            cause=description,
-            output=None,
-        )
+        """The failed outcome when the run state is over the Flows cap (None while it fits)."""
+        return self.record.over_state_cap(self.data.state, self.engine.max_state_bytes, name)
 
     def action_inactive(self, status: ActionStatus | None) -> None:
         """The run is INACTIVE while an action it waits on is (a missing consent), and
