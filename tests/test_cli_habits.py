@@ -139,6 +139,7 @@ def test_runs_show_is_a_record_and_logs_carry_the_cause(
 ) -> None:
     from dichroism_control.backend import RunRequest
 
+    fake.add_flow("f")  # the fake starts runs only of flows it knows, as Flows does (404)
     run = fake.run_flow(RunRequest("f", {}, "bl402 archive P1_x", ["dichroism", "archive"]))
     action = _action({"exception": ARCHIVE_TRACEBACK}, state="ArchiveToTape")
     fake.runs[run["run_id"]].update(

@@ -45,7 +45,7 @@ def run_local(
 
     from dichroism_control.definitions import load_document
     from dichroism_control.errors import ConfigError, DichroismError
-    from dichroism_control.local.backend import run_document
+    from dichroism_control.local.run_local import run_document
 
     state: Context = ctx.obj
     document = load_document(definition)

@@ -172,7 +172,7 @@ def _logs_text(data: dict[str, Any]) -> str:
 
 @runs_app.command("cancel")
 def cancel(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
-    """Cancel a run (it ends with status ENDED)."""
+    """Cancel a run (Flows ends it FAILED, details.code FlowCanceled)."""
     state: Context = ctx.obj
     run = state.backend().cancel_run(run_id)
     state.emit(run, text=lambda d: f"{run_id}: cancel requested (status {d.get('status')})")

@@ -107,36 +107,48 @@ def test_runs_listed_newest_first_and_filtered(backend: LocalBackend) -> None:
 
 
 def test_cancel_ends_the_run(backend: LocalBackend) -> None:
+    """A canceled run ends FAILED with details.code FlowCanceled, as Flows reports it (SDK
+    fixture globus_sdk/testing/data/flows/cancel_run.py; globus-cli PR #834)."""
     run_id = backend.run_flow(_request(_hello_flow(backend), sleep=30))["run_id"]
     time.sleep(0.3)
     backend.cancel_run(run_id)
     run = backend.wait(run_id, timeout=10)
-    assert run["status"] == "ENDED"
+    assert run["status"] == "FAILED" and run["details"]["code"] == "FlowCanceled"
 
 
 def test_timer_fires_exactly_once_across_backends(e2e_config: Config) -> None:
+    """Timers as the service behaves (service_rules.timers): a new timer is "new" (SDK fixture
+    timer/_common.py V2_FLOW_TIMER), listed "loaded" until it fires (V1_TIMER), then
+    "ended" (timers.ts list filter_status) with its run in results (JobResult.resource_id);
+    the run carries no label of ours (timers.ts FlowStartDocument has none); unknown or
+    deleted timers answer 404."""
     first = LocalBackend(e2e_config, background=False)
     second = LocalBackend(e2e_config, background=False)
     try:
         flow_id = _hello_flow(first)
         past = datetime.now(UTC) - timedelta(seconds=1)
         timer = first.create_flow_timer(name="t1", run_at=past, request=_request(flow_id))
-        assert timer["status"] == "loaded" and timer["next_run"] is not None
+        assert timer["status"] == "new" and timer["next_run"] is not None
+        assert timer["callback_body"]["body"] == {"echo": "hi", "sleep": 0}
+        assert set(timer["callback_body"]) <= {"body", "run_monitors", "run_managers", "tags"}
         future = first.create_flow_timer(
             name="t2", run_at=datetime.now(UTC) + timedelta(hours=1), request=_request(flow_id)
         )
         started = first.fire_due_timers() + second.fire_due_timers() + first.fire_due_timers()
         assert len(started) == 1
         run = first.wait(started[0])
-        assert run["status"] == "SUCCEEDED" and run["label"] == "hi"
+        assert run["status"] == "SUCCEEDED" and run["label"] is None and run["tags"] == ["t"]
         timers = {t["name"]: t for t in second.iter_timers()}
-        assert timers["t1"]["run_id"] == started[0] and timers["t1"]["next_run"] is None
+        assert timers["t1"]["status"] == "ended" and timers["t1"]["next_run"] is None
+        assert timers["t1"]["results"]["data"][0]["resource_id"] == started[0]
+        assert timers["t1"]["n_runs"] == 1 and timers["t1"]["n_errors"] == 0
         assert timers["t2"]["status"] == "loaded"
         second.delete_timer(future["job_id"])
         assert [t["name"] for t in first.iter_timers()] == ["t1"]
-        with pytest.raises(PermanentBackendError):
+        with pytest.raises(PermanentBackendError, match="404") as refused:
             first.delete_timer(future["job_id"])
-        with pytest.raises(ValueError):
+        assert refused.value.http_status == 404
+        with pytest.raises(ValueError, match="timezone-aware"):
             first.create_flow_timer(name="naive", run_at=datetime.now(), request=_request(flow_id))
     finally:
         first.close()

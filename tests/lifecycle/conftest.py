@@ -85,9 +85,14 @@ class World:
     def __init__(self, config: Config, backend: FakeBackend | None = None) -> None:
         self.config = config
         self.ledger = Ledger(config.ledger_path)
-        self.backend = backend or FakeBackend()
-        self.deployment = Deployment(dict(FLOWS), dict(FUNCTIONS))
         self.clock = Clock()
+        # The service knows the deployed flows and shares the world's clock: a run starts
+        # when it is submitted, so its start_time is on the lifecycle's time line.
+        self.backend = backend or FakeBackend()
+        self.backend.clock = self.clock
+        for flow_id, schema in deployed_flows(config).items():
+            self.backend.add_flow(flow_id, schema)
+        self.deployment = Deployment(dict(FLOWS), dict(FUNCTIONS))
 
     def lifecycle(self, **kwargs: Any) -> Lifecycle:
         return Lifecycle(
@@ -167,37 +172,30 @@ class World:
         ]
 
     def fire_timers(self) -> list[str]:
-        """Start the prune run of every timer that is due (what Timers would do)."""
-        started = []
-        for _job_id, timer in list(self.backend.timers.items()):
-            if timer.get("fired"):
-                continue
-            due = datetime.fromisoformat(timer["next_run"]).timestamp()
-            if due <= self.clock.now:
-                _name, _, request = next(
-                    t for t in self.backend.timer_requests if t[0] == timer["name"]
-                )
-                # Timers starts the run from its FlowStartDocument: body, roles and tags,
-                # and no label of ours (globus-sdk-javascript timers.ts).
-                run = self.backend.run_flow(
-                    RunRequest(
-                        flow_id=request.flow_id,
-                        body=request.body,
-                        label="",
-                        tags=list(request.tags),
-                        run_monitors=list(request.run_monitors),
-                        run_managers=list(request.run_managers),
-                    )
-                )
-                timer["fired"] = True
-                started.append(run["run_id"])
-        return started
+        """Start the run of every timer that is due (what Timers would do): each starts its
+        run from the timer's FlowStartDocument, without a label of ours."""
+        return self.backend.fire_due_timers(self.clock.now)
 
     def scans(self, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self.ledger.query(f"SELECT * FROM scans WHERE {where}", params)]
 
     def batches(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.ledger.query("SELECT * FROM prune_timers ORDER BY batch")]
+
+
+def deployed_flows(config: Config) -> dict[str, dict[str, Any] | None]:
+    """archive and prune as deploy registers them (schemas bound to this config and the
+    function ids), so bodies the lifecycle builds are checked as Flows checks them. new_file
+    runs here are the world's stand-ins for runs the launcher started (`submitted`), so that
+    flow is registered without a schema (flows.ts InputBody: then nothing is validated)."""
+    from dichroism_control.binding import specialise
+    from dichroism_control.definitions import load_document
+
+    flows: dict[str, dict[str, Any] | None] = {FLOWS["new_file"]: None}
+    for name in ("archive", "prune"):
+        doc = load_document(config.definitions_path / f"{name}.json", name=name)
+        flows[FLOWS[name]] = specialise(doc, config, functions=FUNCTIONS).input_schema
+    return flows
 
 
 @pytest.fixture

@@ -850,6 +850,9 @@ def test_log_entries_have_the_flows_shape(make_engine: MakeEngine, clock: FakeCl
 
 
 def test_cancel_ends_the_run(make_engine: MakeEngine) -> None:
+    """A canceled run ends FAILED with details.code FlowCanceled, as Flows reports it: SDK
+    fixture globus_sdk/testing/data/flows/cancel_run.py; globus-cli PR #834 ("Status:
+    FAILED" after canceling an active run)."""
     cancel = threading.Event()
     provider = ScriptedProvider("hang")
 
@@ -858,7 +861,7 @@ def test_cancel_ends_the_run(make_engine: MakeEngine) -> None:
 
     engine = Engine({URL: provider}, sleep=sleep_then_cancel)
     outcome = engine.run(flow(("A", action(WaitTime=1000))), {"x": 1}, cancel=cancel)
-    assert outcome.status == "ENDED"
+    assert outcome.status == "FAILED"
     assert outcome.code == "FlowCanceled"
     assert provider.canceled == ["act-hang"]
 

@@ -35,9 +35,20 @@ def ledger(cfg: Config) -> Iterator[Ledger]:
     handle.close()
 
 
+def deployed_flows(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The new_file flow as deploy registers it (its input schema bound to this config and
+    function ids), so the fake refuses what the Flows service would refuse."""
+    from dichroism_control.binding import specialise
+    from dichroism_control.definitions import load_document
+
+    doc = load_document(cfg.definitions_path / "new_file.json", name="new_file")
+    schema = specialise(doc, cfg, functions={"scicat_ingest": FUNCTION_ID}).input_schema
+    return {FLOW_ID: schema}
+
+
 @pytest.fixture
-def fake() -> FakeBackend:
-    return FakeBackend()
+def fake(cfg: Config) -> FakeBackend:
+    return FakeBackend(flows=deployed_flows(cfg))
 
 
 class Clock:

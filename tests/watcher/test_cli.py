@@ -57,7 +57,9 @@ def test_submit_status_and_runs(cli: Callable[..., Any], tmp_path: Path, fake: F
     assert shown["label"] == doc["label"]
     assert "FlowStarted" in cli("runs", "logs", doc["run_id"]).stdout
     cancelled = json.loads(cli("--format", "json", "runs", "cancel", doc["run_id"]).stdout)
-    assert cancelled["status"] == "ENDED"
+    # Flows ends a canceled run FAILED, details.code FlowCanceled (SDK fixture
+    # globus_sdk/testing/data/flows/cancel_run.py; globus-cli PR #834).
+    assert cancelled["status"] == "FAILED"
 
 
 def test_submit_refuses_paths_outside_the_root(cli: Callable[..., Any], tmp_path: Path) -> None:

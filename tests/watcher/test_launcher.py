@@ -17,7 +17,7 @@ from dichroism_control.ledger import Ledger
 from dichroism_control.routing import RouteError
 from tests.conftest import GROUP, IDS
 from tests.fakes import FakeBackend
-from tests.watcher.conftest import FLOW_ID, FUNCTION_ID, Clock, write_file
+from tests.watcher.conftest import FLOW_ID, FUNCTION_ID, Clock, deployed_flows, write_file
 
 
 def root(cfg: Config, beamline: str = "bl402") -> Path:
@@ -157,8 +157,8 @@ def test_crash_after_run_started_adopts_instead_of_resubmitting(
 class StartsThenFails(FakeBackend):
     """The service starts the run, then the answer is lost (a 502 from a proxy)."""
 
-    def __init__(self, failures: int) -> None:
-        super().__init__()
+    def __init__(self, failures: int, cfg: Config) -> None:
+        super().__init__(flows=deployed_flows(cfg))
         self.failures = failures
 
     def run_flow(self, request: RunRequest) -> dict[str, Any]:
@@ -172,7 +172,7 @@ class StartsThenFails(FakeBackend):
 def test_ambiguous_error_is_looked_up_before_a_retry(
     cfg: Config, ledger: Ledger, clock: Clock, make_launcher: Callable[..., Launcher]
 ) -> None:
-    backend = StartsThenFails(failures=1)
+    backend = StartsThenFails(failures=1, cfg=cfg)
     path = write_file(root(cfg) / "P1" / "s.h5")
     launcher = make_launcher(backend, clock=clock, rng=lambda: 1.0)
     launcher.detect(str(path))
@@ -238,7 +238,7 @@ def test_permanent_errors_fail_loudly_without_blocking_others(
     make_launcher: Callable[..., Launcher],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    backend = RejectsSome()
+    backend = RejectsSome(flows=deployed_flows(cfg))
     good = [write_file(root(cfg) / "P1" / f"good{i}.h5") for i in range(3)]
     bad = write_file(root(cfg) / "P1" / "bad.h5")
     launcher = make_launcher(backend)

@@ -14,7 +14,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NoReturn
 
-from dichroism_control.local.engine.actions import FAILED, ActionContext, ActionProvider
+from dichroism_control.local.engine.actions import (
+    FAILED,
+    ActionContext,
+    ActionProvider,
+    ActionStatus,
+)
 from dichroism_control.local.engine.checker import DefinitionChecker, FlowDefinitionError
 from dichroism_control.local.engine.choice import is_number, parse_timestamp, rule_matches
 from dichroism_control.local.engine.failures import (
@@ -30,6 +35,16 @@ from dichroism_control.local.engine.redaction import redact_private, shown_param
 from dichroism_control.local.engine.run_data import RunData
 from dichroism_control.local.expressions import DEFAULT_LIMITS, Limits
 from dichroism_control.local.jsonpath import json_copy
+from dichroism_control.local.service_rules.flows import (
+    ACTIVE,
+    INACTIVE,
+    RUN_STATE_MAX_BYTES,
+    inactive_details,
+)
+
+# (status, details): a run going INACTIVE because an action waits on something (a consent),
+# or back to ACTIVE when the action goes on.
+StatusCallback = Callable[[str, dict[str, Any]], None]
 
 DEFAULT_WAIT_TIME = 300.0
 
@@ -56,6 +71,7 @@ class Engine:
         poll_max: float = 600.0,
         default_wait_time: float = DEFAULT_WAIT_TIME,
         expression_limits: Limits = DEFAULT_LIMITS,
+        max_state_bytes: int | None = RUN_STATE_MAX_BYTES,
     ) -> None:
         self.providers: dict[str, ActionProvider] = dict(providers)
         self._sleep = sleep
@@ -65,6 +81,7 @@ class Engine:
         self.poll_max = poll_max
         self.default_wait_time = default_wait_time
         self.expression_limits = expression_limits
+        self.max_state_bytes = max_state_bytes
 
     # ------------------------------------------------------------------ validation
     def check(self, definition: Mapping[str, Any]) -> None:
@@ -90,14 +107,17 @@ class Engine:
         context: Mapping[str, Any] | None = None,
         cancel: threading.Event | None = None,
         on_log: Callable[[LogEntry], None] | None = None,
+        on_status: StatusCallback | None = None,
     ) -> RunOutcome:
-        """Execute one run to completion (SUCCEEDED, FAILED, or ENDED when `cancel` is set)."""
+        """Execute one run to completion: SUCCEEDED or FAILED (FAILED with code FlowCanceled
+        when `cancel` is set). `on_status` hears of the run going INACTIVE and back."""
         ctx = dict(context or {})
         ctx.setdefault("run_id", str(uuid.uuid4()))
         for key in ("flow_id", "username", "email", "user_id"):
             ctx.setdefault(key, None)
         ctx.setdefault("identities", [])
         run = _Run(self, definition, json_copy(flow_input), ctx, cancel, on_log)
+        run.on_status = on_status
         return run.execute()
 
     # ------------------------------------------------------------------ helpers for _Run
@@ -124,6 +144,7 @@ class _Run:
         self.run_id = str(context["run_id"])
         self.cancel = cancel
         self.record = RunRecord(self.run_id, engine._timestamp, on_log)
+        self.on_status: StatusCallback | None = None
 
     # ------------------------------------------------------------------ plumbing
     def fail(
@@ -137,6 +158,23 @@ class _Run:
             cause=cause,
             output=self.data.snapshot(),
         )
+
+    def state_too_large(self, name: str | None) -> RunOutcome | None:
+        """The failed outcome when the run state is over the Flows cap (None while it fits)."""
+        return self.record.over_state_cap(self.data.state, self.engine.max_state_bytes, name)
+
+    def action_inactive(self, status: ActionStatus | None) -> None:
+        """The run is INACTIVE while an action it waits on is (a missing consent), and
+        ACTIVE again when that action goes on."""
+        if self.on_status is None:
+            return
+        if status is None:
+            self.on_status(ACTIVE, {"code": "ActionResumed", "description": "The action resumed"})
+            return
+        details = status.details if isinstance(status.details, dict) else {}
+        code = str(details.get("code") or "ActionInactive")
+        description = str(details.get("description") or f"an action is INACTIVE ({code})")
+        self.on_status(INACTIVE, inactive_details(code, description))
 
     def failed_at(self, name: str, exc: RunFailure) -> RunOutcome:
         return self.fail(
@@ -173,6 +211,9 @@ class _Run:
         self.record.emit(
             "FlowStarted", "The Flow Instance started execution", {"input": self.data.snapshot()}
         )
+        too_large = self.state_too_large(None)
+        if too_large is not None:
+            return too_large
         states: Mapping[str, Any] = self.definition["States"]
         current: str = self.definition["StartAt"]
         while True:
@@ -212,6 +253,9 @@ class _Run:
                 return self.failed_at(current, exc)
             except RunCanceled:
                 return self.record.canceled(current, self.data.snapshot())
+            too_large = self.state_too_large(current)
+            if too_large is not None:
+                return too_large
             if nxt is None:
                 return self.record.succeeded(self.data.snapshot())
             current = nxt
@@ -354,6 +398,7 @@ class _Run:
             poll_initial=self.engine.poll_initial,
             poll_max=self.engine.poll_max,
             fail=partial(self.action_error, name),
+            on_inactive=self.action_inactive,
         )
         doc = status.document(state_name=name, creator_id=creator, now=self.engine._timestamp())
         if status.status == FAILED and spec.get("ExceptionOnActionFailure", True) is not False:

@@ -7,6 +7,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dichroism_control.local.service_rules.flows import (
+    CANCELED_STATUS,
+    STATE_TOO_LARGE,
+    canceled_details,
+    state_size,
+    state_too_large,
+)
+
 LogEntry = dict[str, Any]
 RunStatus = Literal["SUCCEEDED", "FAILED", "ENDED"]
 
@@ -124,6 +132,25 @@ class RunRecord:
         )
         return self.finish("FAILED", details)
 
+    def over_state_cap(self, state: Any, limit: int | None, name: str | None) -> RunOutcome | None:
+        """FAILED when the run state is over the Flows cap (service_rules.flows), measured
+        after every state transition; None while it fits (or with no cap)."""
+        if limit is None:
+            return None
+        size = state_size(state)
+        if size <= limit:
+            return None
+        description = state_too_large(size, name)
+        # The state itself is what does not fit: it is not repeated as the output.
+        return self.failed(
+            STATE_TOO_LARGE,
+            description,
+            state_name=name,
+            error=STATE_TOO_LARGE,
+            cause=description,
+            output=None,
+        )
+
     def succeeded(self, output: Any) -> RunOutcome:
         self.emit("FlowSucceeded", "The Flow Instance completed successfully", {"output": output})
         return self.finish(
@@ -141,11 +168,13 @@ class RunRecord:
             "The Flow Instance was canceled",
             {"state_name": state_name, "output": output},
         )
+        # Flows ends a canceled run FAILED with code FlowCanceled (service_rules.flows).
         return self.finish(
-            "ENDED",
+            CANCELED_STATUS,
             {
-                "code": "FlowCanceled",
-                "description": f"The run was canceled (at state {state_name})",
+                **canceled_details(
+                    f"The Flow Instance was canceled by the user (at state {state_name})"
+                ),
                 "output": output,
                 "state_name": state_name,
             },

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from dichroism_control.local.engine.actions import (
     FAILED,
+    INACTIVE,
     ActionContext,
     ActionProvider,
     ActionStatus,
@@ -30,12 +31,15 @@ def call_action(
     poll_initial: float,
     poll_max: float,
     fail: Callable[[str, Any], NoReturn],
+    on_inactive: Callable[[ActionStatus | None], None] | None = None,
 ) -> ActionStatus:
     """The action's final status (SUCCEEDED or FAILED).
 
     `fail(error, payload)` raises the state's catchable error: ActionUnableToRun when the
     provider refuses to start, ActionTimeout past `ctx.wait_time`. `sleep` raises
     `RunCanceled` when the run is canceled; the action is canceled before it propagates.
+    `on_inactive(status)` hears of the action going INACTIVE, `on_inactive(None)` of it
+    going on again.
     """
     start = now()
     deadline = start + timedelta(seconds=ctx.wait_time)
@@ -46,7 +50,13 @@ def call_action(
     except Exception as exc:  # a provider bug or refusal: the action never started
         fail(ERROR_UNABLE, {"code": type(exc).__name__, "description": str(exc)})
     interval = poll_initial
-    while not status.done:
+    inactive = False
+    while True:
+        if (status.status == INACTIVE) != inactive and on_inactive is not None:
+            inactive = status.status == INACTIVE
+            on_inactive(status if inactive else None)
+        if status.done:
+            break
         remaining = (deadline - now()).total_seconds()
         if remaining <= 0:
             _cancel(provider, status.action_id)

@@ -197,6 +197,10 @@ class ChecksumMismatch(Exception):
     pass
 
 
+class ExternalChecksumMismatch(ChecksumMismatch):
+    """The source's bytes do not have the checksum the caller was given for them."""
+
+
 def copy_file(
     src: Path,
     dst: Path,
@@ -204,10 +208,16 @@ def copy_file(
     algorithm: str = DEFAULT_CHECKSUM,
     verify: bool = True,
     cancel: threading.Event | None = None,
+    expected: str | None = None,
+    preserve_timestamp: bool = False,
 ) -> CopyResult:
     """Copy one file with its checksum computed on the way; with `verify`, read the written
     copy back, checksum it and compare before it replaces `dst` (temp file + os.replace, so
     `dst` is never a partial file). See `_Copy` for how the work is split between cores.
+
+    `expected`: the source's checksum as known elsewhere (Transfer's external_checksum):
+    bytes that differ raise `ExternalChecksumMismatch` and nothing replaces `dst`.
+    `preserve_timestamp`: the copy gets the source's modification time.
     """
     new_hasher(algorithm)  # an unknown algorithm fails before anything is written
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -215,17 +225,24 @@ def copy_file(
     try:
         fd_src = os.open(src, os.O_RDONLY)
         try:
-            size = os.fstat(fd_src).st_size
+            info = os.fstat(fd_src)
+            size = info.st_size
             with contextlib.suppress(OSError, AttributeError):
                 os.posix_fadvise(fd_src, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             checksum, copied = _Copy(fd_src, fd_dst, size, algorithm, verify, cancel).run()
         finally:
             os.close(fd_src)
+        if expected is not None and checksum.lower() != expected.strip().lower():
+            raise ExternalChecksumMismatch(
+                f"{src}: {algorithm} of the source is {checksum}, not the expected {expected}"
+            )
         if verify and (copied != checksum or os.fstat(fd_dst).st_size != size):
             raise ChecksumMismatch(
                 f"checksum mismatch after copying {src} -> {dst}: "
                 f"source {algorithm} {checksum}, copy {copied}"
             )
+        if preserve_timestamp:
+            os.utime(fd_dst, ns=(info.st_atime_ns, info.st_mtime_ns))
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd_dst, 0o666 & ~umask)  # mkstemp makes 0600; a copy gets normal perms
