@@ -24,6 +24,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import EventQueue, ObservedWatch
 
+from dichroism_control import intake as intake_module
 from dichroism_control import watcher as watcher_module
 from dichroism_control.config import Config, load_config
 from dichroism_control.launcher import Launcher, run_label
@@ -444,7 +445,7 @@ def test_catch_up_works_in_bounded_chunks(
     asked: list[int] = []
     recorded: list[int] = []
     original_stale = watcher_module.stale_paths
-    original_record = watcher_module.record_versions
+    original_record = intake_module.record_versions
 
     def stale_paths(ledger: Ledger, stats: dict[str, Any]) -> set[str]:
         asked.append(len(stats))
@@ -455,7 +456,8 @@ def test_catch_up_works_in_bounded_chunks(
         return original_record(ledger, seen, **kwargs)
 
     monkeypatch.setattr(watcher_module, "stale_paths", stale_paths)
-    monkeypatch.setattr(watcher_module, "record_versions", record_versions)
+    monkeypatch.setattr(intake_module, "stale_paths", stale_paths)
+    monkeypatch.setattr(intake_module, "record_versions", record_versions)
     polling()
     assert wait_for(lambda: len(fake.requests) == 30)
     # The catch-up's look-ups and records come 7 paths at a time (the poller's own look-ups
