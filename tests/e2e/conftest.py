@@ -7,8 +7,10 @@ module text is the registered unit, the function name its entry point.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from dichroism_control.binding import specialise
 from dichroism_control.config import FLOW_NAMES, FUNCTION_NAMES, Config, load_config
 from dichroism_control.definitions import load_document
 from dichroism_control.deploy_state import Deployment
+from dichroism_control.identity import iso_utc, transfer_time
 from dichroism_control.local.backend import LocalBackend
 from dichroism_control.routing import cfs_root_path, hpss_directory, source_root_path
 from tests.conftest import config_data
@@ -103,21 +106,43 @@ class Stack:
         assert run["status"] in ("SUCCEEDED", "FAILED", "ENDED"), run
         return run
 
-    # -- bodies --------------------------------------------------------------------------
-    def new_file_body(self, rel: str, size: int, beamline: str = "bl402") -> dict[str, Any]:
+    # -- bodies (written out here, not built by the code under test: the flows' input
+    # schemas, enforced by the local backend as Flows does, judge both) ------------------
+    def identity(self, path: Path) -> dict[str, Any]:
+        """What the watcher records of a file: size, Transfer-style mtime, MD5."""
+        info = path.stat()
+        return {
+            "size": info.st_size,
+            "mtime": transfer_time(info.st_mtime_ns),
+            "checksum": hashlib.md5(path.read_bytes()).hexdigest(),
+        }
+
+    def item(self, rel: str, beamline: str = "bl402", *, on: str = "source") -> dict[str, Any]:
+        """A prune/archive file item for `rel` as recorded from its source (or CFS) file."""
+        path = self.source(rel, beamline) if on == "source" else self.cfs(rel, beamline)
+        return {"path": rel, **self.identity(path), "version": 1}
+
+    def new_file_body(self, rel: str, beamline: str = "bl402", **overrides: Any) -> dict[str, Any]:
         settings = self.config.beamline(beamline)
+        path = self.source(rel, beamline)
+        source = {"size": 0, "mtime": "2026-01-01 00:00:00+00:00", "checksum": "0" * 32}
+        if path.exists():
+            source = self.identity(path)
+        source.update(overrides)
         return {
             "input": {
                 "beamline": beamline,
                 "source": {
                     "collection_id": self.config.endpoint(settings.source).uuid,
                     "path": f"{source_root_path(self.config, beamline)}/{rel}",
-                    "size": size,
+                    **source,
+                    "version": 1,
                 },
                 "destination": {
                     "collection_id": self.config.endpoint(settings.destination).uuid,
                     "path": f"{cfs_root_path(self.config, beamline)}/{rel}",
                 },
+                "deadline": iso_utc(time.time() + 3600),
                 "scicat": {
                     "endpoint_id": self.config.globus.compute_endpoints.scicat,
                     "function_id": self.functions["scicat_ingest"],
@@ -135,7 +160,9 @@ class Stack:
                 "beamline": beamline,
                 "proposal": files[0]["path"].split("/")[0],
                 "cfs_root": cfs_root_path(self.config, beamline),
-                "files": files,
+                "files": [
+                    {k: f[k] for k in ("path", "size", "checksum", "version")} for f in files
+                ],
                 "hpss": {
                     "endpoint_id": self.config.globus.compute_endpoints.nersc,
                     "function_id": self.functions["hpss_archive"],
@@ -156,33 +183,43 @@ class Stack:
         }
 
     def prune_body(
-        self, location: str, files: list[dict[str, Any]], beamline: str = "bl402"
+        self,
+        location: str,
+        files: list[dict[str, Any]],
+        beamline: str = "bl402",
+        *,
+        archives: list[str] | None = None,
     ) -> dict[str, Any]:
+        """`files`: items as `item()` gives them; for a CFS prune each carries `archive`
+        (index into `archives`, -1 for a single at its versioned path)."""
         settings = self.config.beamline(beamline)
+        safe: dict[str, Any]
         if location == "compute_dtn":
             target = {
                 "collection_id": self.config.endpoint(settings.source).uuid,
                 "root": source_root_path(self.config, beamline),
                 "files": files,
             }
-            safe, verifier = cfs_root_path(self.config, beamline), "cfs_verify"
+            safe, verifier = {"root": cfs_root_path(self.config, beamline)}, "cfs_verify"
         else:
             target = {
                 "collection_id": self.config.endpoint(settings.destination).uuid,
                 "root": cfs_root_path(self.config, beamline),
                 "files": files,
             }
-            safe, verifier = hpss_directory(self.config, beamline), "hpss_verify"
+            safe = {"root": hpss_directory(self.config, beamline), "archives": archives or []}
+            verifier = "hpss_verify"
         return {
             "input": {
                 "beamline": beamline,
                 "location": location,
                 "target": target,
-                "safe": {"root": safe},
+                "safe": safe,
                 "verify": {
                     "endpoint_id": self.config.globus.compute_endpoints.nersc,
                     "function_id": self.functions[verifier],
                 },
+                "deadline": iso_utc(time.time() + 3600),
             }
         }
 
@@ -220,8 +257,11 @@ def deploy_shipped(config: Config, backend: LocalBackend) -> Deployment:
         functions[name] = backend.register_function(name=name, source=source, description=name)
     flows = {}
     for name in FLOW_NAMES:
+        # bound as deploy binds them: roots, and the functions registered just above
         document = specialise(
-            load_document(config.definitions_path / f"{name}.json", name=name), config
+            load_document(config.definitions_path / f"{name}.json", name=name),
+            config,
+            functions=functions,
         )
         created = backend.create_flow(
             FlowSpec(

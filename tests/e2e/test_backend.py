@@ -68,7 +68,7 @@ def test_flow_documents_and_validation(backend: LocalBackend) -> None:
     }
     problems = backend.validate_flow(bad, {})
     assert any("https://nope/x" in p for p in problems)
-    with pytest.raises(PermanentBackendError):
+    with pytest.raises(PermanentBackendError, match="https://nope/x"):
         backend.create_flow(FlowSpec("bad", bad, {}))
     updated = backend.update_flow(flow_id, FlowSpec("hello 2", HELLO, SCHEMA))
     assert updated["title"] == "hello 2"

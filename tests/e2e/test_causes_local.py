@@ -15,10 +15,10 @@ def test_archive_failure_cause_is_the_htar_error(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stack.write_source("P1/a.dat")
-    run = stack.run("new_file", stack.new_file_body("P1/a.dat", 3000))
+    run = stack.run("new_file", stack.new_file_body("P1/a.dat"))
     assert run["status"] == "SUCCEEDED"
     monkeypatch.setenv("FAKE_HPSS_FAIL", "htar")
-    run = stack.run("archive", stack.archive_body([{"path": "P1/a.dat", "size": 3000}]))
+    run = stack.run("archive", stack.archive_body([stack.item("P1/a.dat", on="cfs")]))
     assert run["status"] == "FAILED"
     cause = explain_run(run)
     assert cause.step == "ArchiveFailed"
@@ -38,14 +38,15 @@ def test_archive_failure_cause_is_the_htar_error(
     assert failed and all("FAKE_HPSS_FAIL" in c.message for c in failed)
 
 
-def test_prune_refusal_cause_names_the_unverified_file(stack: Stack) -> None:
+def test_prune_verifier_refusal_cause_says_nothing_was_checked(stack: Stack) -> None:
+    """A verifier that refuses the whole batch (its safe root is not there) fails the run
+    before any stat or delete; the one-line cause says so and names the root."""
     stack.write_source("P1/a.dat")
-    run = stack.run("new_file", stack.new_file_body("P1/a.dat", 3000))
-    assert run["status"] == "SUCCEEDED"
-    stack.write_source("P1/b.dat")  # never transferred: its safe copy is missing
-    files = [{"path": "P1/a.dat", "size": 3000}, {"path": "P1/b.dat", "size": 3000}]
-    run = stack.run("prune", stack.prune_body("compute_dtn", files))
+    cfs_root = stack.cfs("P1").parent
+    cfs_root.rename(cfs_root.with_name("moved"))
+    run = stack.run("prune", stack.prune_body("compute_dtn", [stack.item("P1/a.dat")]))
     assert run["status"] == "FAILED"
     line = failure_reason(run)
-    assert line.startswith("VerificationFailed: 1 of 2 file(s) not verified under ")
-    assert "P1/b.dat: missing" in line and "next: nothing was deleted" in line
+    assert line.startswith("VerificationFailed: ") and "\n" not in line
+    assert f"safe_root {cfs_root} is not a directory here; nothing was checked" in line
+    assert explain_run(run).step == "VerificationFailed"

@@ -83,5 +83,20 @@ def test_local_backend_cli_smoke(stack: Stack, monkeypatch: pytest.MonkeyPatch) 
     assert {f["name"] for f in deployed["flows"]} == {"new_file", "archive", "prune"}
     assert call("deploy")["flows"][0]["action"] == "unchanged"  # idempotent
     assert call("runs", "list", "--flow", "all")["count"] == 0
-    assert "timers" in call("timers", "list")
-    call("status")
+    assert call("timers", "list")["timers"] == []
+    status = call("status")
+    assert {name: b["total"] for name, b in status["beamlines"].items()} == {
+        "bl402": 0,
+        "bl631": 0,
+    }
+    assert status["failures"] == []
+
+    path = stack.write_source("P3/scan_1.dat", 1200)
+    call("submit", str(path), "--beamline", "bl402")
+    status = call("status")
+    states = status["beamlines"]["bl402"]["states"]
+    assert status["beamlines"]["bl402"]["total"] == 1
+    assert states["submitted"] == 1 and sum(states.values()) == 1
+    assert status["beamlines"]["bl631"]["total"] == 0
+    listed = call("runs", "list", "--flow", "new_file")
+    assert listed["count"] == 1

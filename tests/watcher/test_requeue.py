@@ -6,13 +6,15 @@ old FAILED run; the loop records it in `run_failures`, and the launcher skips th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dichroism_control.backend import FlowSpec
 from dichroism_control.config import Config
+from dichroism_control.deploy_state import Deployment
 from dichroism_control.launcher import Launcher
 from dichroism_control.ledger import Ledger
+from dichroism_control.lifecycle import Lifecycle
 from tests.fakes import FakeBackend
 from tests.watcher.conftest import write_file
 
@@ -30,16 +32,19 @@ def test_recovery_skips_a_run_the_lifecycle_already_counted_as_failed(
     assert failed_run is not None
     fake.finish(failed_run, "FAILED")
 
-    # What the lifecycle loop does with a failed new_file run below the attempt limit.
-    with ledger.transaction() as conn:
-        conn.execute(
-            "INSERT INTO run_failures (run_id, flow, subject, status, reason, failed_at)"
-            " VALUES (?, 'new_file', ?, 'FAILED', 'TransferFailed', ?)",
-            (failed_run, f"scan:{scan.id}", time.time()),
-        )
-    ledger.update_scan(
-        scan.id, state="detected", run_id=None, submit_started_at=None, next_attempt_at=0
-    )
+    # The lifecycle loop follows the run, records the failure and re-queues the scan
+    # (one attempt of three).
+    # archive and prune have nothing to do here; the fake knows them (it answers 404 for
+    # flows it does not), with ids of their own.
+    deployment = Deployment.resolve(cfg)
+    for name in ("archive", "prune"):
+        deployment.flows[name] = fake.create_flow(FlowSpec(name, {}, {}))["id"]
+    summary = Lifecycle(cfg, ledger, fake, deployment).run_once()
+    assert not summary.get("errors"), summary
+    scan = ledger.get_scan(str(path))
+    assert scan is not None and scan.state == "detected" and scan.run_id is None
+    failures = ledger.query("SELECT run_id, flow FROM run_failures")
+    assert [tuple(row) for row in failures] == [(failed_run, "new_file")]
 
     # The retry is claimed, then the process dies before run_flow answers.
     assert len(launcher.claim(limit=10)) == 1

@@ -187,7 +187,7 @@ def test_outcome_writer_keeps_rows_when_a_write_fails(
         real(batch)
 
     monkeypatch.setattr(writer, "_commit", flaky)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         writer(ids[0], {"state": "submitted", "run_id": "r0"})
     assert writer.pending() == 1
     assert ledger.query("SELECT state FROM scans WHERE id = ?", (ids[0],))[0][0] == "submitting"
