@@ -2,7 +2,7 @@
 
 The running `watch` service assembles, from the ledger and the health report, what a person
 must hear about: scans that failed permanently, runs waiting for a person (INACTIVE),
-prune refusals (failed prune batches: their files were kept), a failed flight check, a
+prune refusals (files a prune kept, and failed prune batches), a failed flight check, a
 backlog older than the threshold, a restart after a crash, a stalled lifecycle loop. Every
 item has a key; keys already sent are kept in the ledger (`notified`), so a digest is never
 one message per scan and a restart never sends the same items again. A lasting condition
