@@ -180,13 +180,40 @@ CREATE TABLE IF NOT EXISTS refusals (
 -- What the alert digests already told a person (keys of failures, conditions, events), so a
 -- restart never sends the same digest again.
 CREATE TABLE IF NOT EXISTS notified (key TEXT PRIMARY KEY, sent_at REAL NOT NULL);
+
+-- Failures a person has dealt with (`dichroism ack`): the subject stays failed, but leaves
+-- `status`'s failure list, the health problems and the alert digest. A retry of the subject
+-- removes its row, so a later failure is shown again.
+CREATE TABLE IF NOT EXISTS acknowledged (
+    subject TEXT PRIMARY KEY,           -- scan:<id>, group:<id>, batch:<key>
+    by TEXT NOT NULL,                   -- who (the operator's name as given, or user@host)
+    at REAL NOT NULL,
+    note TEXT
+);
+
+-- What people did to the pipeline (retry, ack, cancel), for `scan show` and the record.
+CREATE TABLE IF NOT EXISTS interventions (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    by TEXT NOT NULL,
+    action TEXT NOT NULL,               -- retry | ack | cancel
+    subject TEXT NOT NULL,              -- scan:<id>, group:<id>, batch:<key>
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS interventions_subject ON interventions(subject, at);
 """
 )
+
+# A subject's failure that no person has acknowledged (SQL, `{subject}` an expression).
+UNACKNOWLEDGED = "NOT EXISTS (SELECT 1 FROM acknowledged WHERE acknowledged.subject = {subject})"
 
 # Additive migrations for databases created before a column existed: (table, column, DDL).
 MIGRATIONS = (
     # The failure's full structure (JSON) beside its one-line reason: `--format json`.
     ("run_failures", "cause", "ALTER TABLE run_failures ADD COLUMN cause TEXT"),
+    # Set when a person retried the subject: its failed runs stop counting as attempts
+    # (the record stays, for `scan show`).
+    ("run_failures", "cleared_at", "ALTER TABLE run_failures ADD COLUMN cleared_at REAL"),
 )
 
 
@@ -469,9 +496,11 @@ class Ledger(Database):
         return counts
 
     def recent_failures(self, *, limit: int = 20) -> list[sqlite3.Row]:
+        """Failed scans no person has acknowledged, newest first."""
+        unacked = UNACKNOWLEDGED.format(subject="'scan:' || scans.id")
         return self.query(
             "SELECT beamline, rel, failed_step, last_error, attempts, run_id, updated_at"
-            " FROM scans WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?",
+            f" FROM scans WHERE state = 'failed' AND {unacked} ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
 
@@ -481,16 +510,41 @@ class Ledger(Database):
         A failed prune leaves its scans in their state (nothing was deleted), so the failure
         is only visible here, not in `recent_failures`.
         """
+        groups = UNACKNOWLEDGED.format(subject="'group:' || archive_groups.id")
+        batches = UNACKNOWLEDGED.format(subject="'batch:' || prune_timers.batch")
         return self.query(
             "SELECT 'archive' AS step, beamline, archive_name AS subject, label, run_id,"
             " last_error, attempts, NULL AS files, updated_at FROM archive_groups"
-            " WHERE state = 'failed'"
+            f" WHERE state = 'failed' AND {groups}"
             " UNION ALL SELECT 'prune ' || location, beamline, batch, label, run_id, last_error,"
-            " (SELECT COUNT(*) FROM run_failures WHERE subject = 'batch:' || batch), files,"
-            " updated_at FROM prune_timers WHERE state = 'failed'"
+            " (SELECT COUNT(*) FROM run_failures WHERE subject = 'batch:' || batch"
+            " AND cleared_at IS NULL), files,"
+            f" updated_at FROM prune_timers WHERE state = 'failed' AND {batches}"
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
+
+    # -- what people did ------------------------------------------------------------------
+    @staticmethod
+    def record_intervention(
+        conn: sqlite3.Connection,
+        *,
+        action: str,
+        subject: str,
+        by: str,
+        note: str | None,
+        now: float,
+    ) -> None:
+        """Note what a person did (inside the caller's transaction)."""
+        conn.execute(
+            "INSERT INTO interventions (at, by, action, subject, note) VALUES (?, ?, ?, ?, ?)",
+            (now, by, action, subject, note),
+        )
+
+    def acknowledgement(self, subject: str) -> sqlite3.Row | None:
+        """Who acknowledged `subject`'s failure and when (None: nobody)."""
+        rows = self.query("SELECT * FROM acknowledged WHERE subject = ?", (subject,))
+        return rows[0] if rows else None
 
     # -- meta, refusals ------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
