@@ -100,6 +100,7 @@ COMMAND_MODULES = (
     "watch",
     "status",
     "runs",
+    "scan",
     "lifecycle",
     "timers",
     "doctor",
