@@ -100,6 +100,7 @@ COMMAND_MODULES = (
     "watch",
     "status",
     "runs",
+    "failures",
     "scan",
     "lifecycle",
     "timers",
