@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+from dichroism_control.config import CANARY_DIR
 from dichroism_control.identity import IdentityError, StillChanging, identify
 from dichroism_control.ledger import StateError
 from dichroism_control.quietlog import Throttle
@@ -247,7 +248,9 @@ def walk_files(root: str, beamline: Beamline) -> Iterator[str]:
             log.warning("%s: cannot list (%s)", directory, exc.strerror)
             continue
         for entry in entries:
-            if any(fnmatch.fnmatch(entry.name, pattern) for pattern in ignore):
+            if entry.name == CANARY_DIR or any(
+                fnmatch.fnmatch(entry.name, pattern) for pattern in ignore
+            ):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):
