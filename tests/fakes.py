@@ -87,10 +87,30 @@ class FakeBackend:
         self.timers[job_id] = timer
         return dict(timer)
 
+    def create_recurring_flow_timer(
+        self, *, name: str, interval_seconds: int, start: datetime, request: RunRequest
+    ) -> dict[str, Any]:
+        assert start.tzinfo is not None
+        self.timer_requests.append((name, start, request))
+        job_id = str(uuid.uuid4())
+        timer = {
+            "job_id": job_id,
+            "name": name,
+            "status": "loaded",
+            "next_run": start.astimezone(UTC).isoformat(),
+            "flow_id": request.flow_id,
+            "body": request.timer_body(),
+            "schedule": {"type": "recurring", "interval_seconds": interval_seconds},
+        }
+        self.timers[job_id] = timer
+        return dict(timer)
+
     def iter_timers(self) -> Iterator[dict[str, Any]]:
         yield from (dict(t) for t in self.timers.values())
 
     def delete_timer(self, timer_id: str) -> dict[str, Any]:
+        if timer_id not in self.timers:
+            raise PermanentBackendError(f"404 NOT_FOUND: timer {timer_id}", http_status=404)
         return self.timers.pop(timer_id)
 
     # deployment

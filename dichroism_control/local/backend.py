@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import math
 import threading
 import time
 import uuid
@@ -572,6 +573,32 @@ class LocalBackend:
         self._wake.set()
         return self._timer_document(self._timer_row(job_id))
 
+    def create_recurring_flow_timer(
+        self, *, name: str, interval_seconds: int, start: datetime, request: RunRequest
+    ) -> dict[str, Any]:
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware")
+        if interval_seconds <= 0:
+            raise PermanentBackendError("400: interval_seconds must be > 0", http_status=400)
+        if self._flow_row(request.flow_id) is None:
+            raise _not_found("flow", request.flow_id)
+        job_id = str(uuid.uuid4())
+        self.store.execute(
+            "INSERT INTO local_timers (job_id, name, flow_id, run_at, body, status,"
+            " submitted_at, interval_seconds) VALUES (?, ?, ?, ?, ?, 'loaded', ?, ?)",
+            (
+                job_id,
+                name,
+                request.flow_id,
+                start.timestamp(),
+                dumps(request.timer_body()),
+                time.time(),
+                float(interval_seconds),
+            ),
+        )
+        self._wake.set()
+        return self._timer_document(self._timer_row(job_id))
+
     def _timer_row(self, job_id: str) -> sqlite3.Row:
         rows = self.store.query("SELECT * FROM local_timers WHERE job_id = ?", (job_id,))
         if not rows:
@@ -583,6 +610,12 @@ class LocalBackend:
         status = row["status"]
         ran = status in ("ended", "error")
         shown = {"firing": "loaded", "ended": "inactive", "error": "inactive"}.get(status, status)
+        interval = row["interval_seconds"]
+        schedule: dict[str, Any] = (
+            {"type": "once", "datetime": _iso(row["run_at"])}
+            if interval is None
+            else {"type": "recurring", "interval_seconds": int(interval)}
+        )
         doc: dict[str, Any] = {
             "job_id": row["job_id"],
             "name": row["name"],
@@ -592,9 +625,9 @@ class LocalBackend:
             "next_run": None if ran or status == "deleted" else _iso(row["run_at"]),
             "last_ran_at": _iso(row["last_ran_at"]),
             "submitted_at": _iso(row["submitted_at"]),
-            "schedule": {"type": "once", "datetime": _iso(row["run_at"])},
+            "schedule": schedule,
             "body": loads(row["body"]),
-            "number_of_runs": 1 if status == "ended" else 0,
+            "number_of_runs": int(row["n_runs"]),
             "number_of_errors": 1 if status == "error" else 0,
             "run_id": row["run_id"],
         }
@@ -664,10 +697,25 @@ class LocalBackend:
                     self._validate_body(flow, request.get("body") or {})
                 except PermanentBackendError as exc:
                     error = str(exc)
-            if error is None and flow is not None:
+            interval = timer["interval_seconds"]
+            if interval is not None:
+                # Recurring: the next time is the first of the schedule after now (a timer
+                # that could not fire for a while runs once, not once per missed interval).
+                missed = math.floor((now - float(timer["run_at"])) / float(interval)) + 1
+                next_at = float(timer["run_at"]) + max(1, missed) * float(interval)
+                if error is None and flow is not None:
+                    run_id = self._insert_run(conn, flow, request)
+                conn.execute(
+                    "UPDATE local_timers SET status = 'loaded', run_at = ?,"
+                    " run_id = COALESCE(?, run_id), last_error = ?,"
+                    " n_runs = n_runs + ? WHERE job_id = ?",
+                    (next_at, run_id, error, 1 if run_id else 0, job_id),
+                )
+            elif error is None and flow is not None:
                 run_id = self._insert_run(conn, flow, request)
                 conn.execute(
-                    "UPDATE local_timers SET status = 'ended', run_id = ? WHERE job_id = ?",
+                    "UPDATE local_timers SET status = 'ended', run_id = ?, n_runs = 1"
+                    " WHERE job_id = ?",
                     (run_id, job_id),
                 )
             else:
