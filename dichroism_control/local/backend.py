@@ -677,9 +677,11 @@ class LocalBackend:
         error: str | None = None
         with self.store.transaction() as conn:
             claimed = conn.execute(
+                # `run_at <= now` too: a recurring timer is 'loaded' again at once, with its
+                # next time, so a claim that read the old time must not fire it twice.
                 "UPDATE local_timers SET status = 'firing', last_ran_at = ?"
-                " WHERE job_id = ? AND status = 'loaded'",
-                (now, job_id),
+                " WHERE job_id = ? AND status = 'loaded' AND run_at <= ?",
+                (now, job_id, now),
             ).rowcount
             if claimed != 1:
                 return None  # another process (or thread) fired it
