@@ -102,6 +102,7 @@ COMMAND_MODULES = (
     "runs",
     "failures",
     "scan",
+    "check",
     "lifecycle",
     "timers",
     "doctor",

@@ -15,7 +15,8 @@ from dichroism_control.cli.context import Context
 from dichroism_control.config import load_config
 from dichroism_control.identity import identify
 from tests.deploy.helpers import run_cli
-from tests.lifecycle.conftest import World
+from tests.e2e.conftest import e2e_config, stack  # noqa: F401 - the local-backend stack
+from tests.lifecycle.conftest import World, make_world, world  # noqa: F401 - fixtures
 
 
 @dataclass
@@ -86,7 +87,7 @@ def ops(
     capsys: pytest.CaptureFixture[str],
 ) -> Ops:
     path = write_config()
-    world = World(load_config(path))
-    monkeypatch.setattr(Context, "backend", lambda self, **kwargs: world.backend)
-    monkeypatch.setattr(Context, "deployment", lambda self: world.deployment)
-    return Ops(world, path, capsys)
+    here = World(load_config(path))
+    monkeypatch.setattr(Context, "backend", lambda self, **kwargs: here.backend)
+    monkeypatch.setattr(Context, "deployment", lambda self: here.deployment)
+    return Ops(here, path, capsys)
