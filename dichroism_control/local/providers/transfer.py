@@ -159,6 +159,9 @@ class TransferProvider(ActionProvider):
         items = _data_items(body)
         level = _sync_level(body.get("sync_level"))
         verify = bool(body.get("verify_checksum", False))
+        # Transfer's preserve_timestamp: the copy keeps the source's modification time (the
+        # CFS prune compares it with the version recorded at detection).
+        preserve = bool(body.get("preserve_timestamp", False))
         algorithm = str(body.get("checksum_algorithm") or DEFAULT_CHECKSUM).upper()
         if algorithm not in CHECKSUM_ALGORITHMS:
             raise ActionUnableToRun(
@@ -180,7 +183,9 @@ class TransferProvider(ActionProvider):
         }
         try:
             for (src, dst), item in zip(pairs, items, strict=True):
-                self._transfer_item(task, src, dst, item, level, verify, algorithm, ctx)
+                self._transfer_item(
+                    task, src, dst, item, level, verify, algorithm, ctx, preserve=preserve
+                )
         except TransferError as exc:
             doc = task.document(
                 FAILED, fatal_error={"code": exc.code, "description": exc.description}, **extra
@@ -198,6 +203,8 @@ class TransferProvider(ActionProvider):
         verify: bool,
         algorithm: str,
         ctx: ActionContext,
+        *,
+        preserve: bool = False,
     ) -> None:
         shown = item.get("source_path")
         try:
@@ -216,11 +223,13 @@ class TransferProvider(ActionProvider):
                 if child_dst is None:
                     task.directories += 1
                     continue
-                self._copy_one(task, child_src, child_dst, level, verify, algorithm, ctx)
+                self._copy_one(
+                    task, child_src, child_dst, level, verify, algorithm, ctx, preserve=preserve
+                )
             return
         if item.get("recursive"):
             raise TransferError("NOT_A_DIRECTORY", f"source {shown} is not a directory")
-        self._copy_one(task, src, dst, level, verify, algorithm, ctx)
+        self._copy_one(task, src, dst, level, verify, algorithm, ctx, preserve=preserve)
 
     def _copy_one(
         self,
@@ -231,6 +240,8 @@ class TransferProvider(ActionProvider):
         verify: bool,
         algorithm: str,
         ctx: ActionContext,
+        *,
+        preserve: bool = False,
     ) -> None:
         task.files += 1
         try:
@@ -238,6 +249,9 @@ class TransferProvider(ActionProvider):
                 task.files_skipped += 1
                 return
             result = copy_file(src, dst, algorithm=algorithm, verify=verify, cancel=ctx.cancel)
+            if preserve:
+                source = src.stat()
+                os.utime(dst, ns=(source.st_atime_ns, source.st_mtime_ns))
         except ChecksumMismatch as exc:
             raise TransferError("VERIFY_CHECKSUM", str(exc)) from None
         except Canceled:
