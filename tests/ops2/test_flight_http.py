@@ -12,7 +12,7 @@ import globus_sdk
 import pytest
 import responses
 from globus_sdk.config import get_service_url
-from globus_sdk.testing import load_response
+from globus_sdk.testing import RegisteredResponse, load_response
 from globus_sdk.transport import RetryConfig
 
 from dichroism_control.config import Config
@@ -184,3 +184,48 @@ def test_check_starts_and_reads_the_run_with_exact_payloads(config: Config) -> N
     assert sent["activity_notification_policy"] == {"status": ["INACTIVE", "FAILED"]}
     # The canary it wrote is gone here once the check ended.
     assert not Path(source["path"]).exists()
+
+
+def test_a_changed_interval_deletes_the_old_timer_then_creates_the_new_one(
+    config: Config,
+) -> None:
+    """DELETE /jobs/{id} (SDK fixture `timer.delete_job`), then POST /v2/timer."""
+    created = load_response("timer.create_timer", case="flow_timer_success")
+    deleted = load_response("timer.delete_job")
+    flight_flow = "5f1e0000-0000-4000-8000-00000000f004"
+    flows = {**FLOWS, "flight_check": flight_flow}
+    ledger = Ledger(config.ledger_path)
+    backend = _backend(flight_flow)
+    Lifecycle(config, ledger, backend, _deployment(flight_flow), clock=Clock(T0)).flights.ensure(
+        flows, _counter(), []
+    )
+    # As if the first timers had been created with the fixture's id for the delete.
+    entries = ledger.get_meta("flight_check_timers")
+    assert {e["timer_id"] for e in entries.values()} == {created.metadata["timer_id"]}
+    entries["bl402"]["timer_id"] = deleted.metadata["job_id"]
+    ledger.set_meta("flight_check_timers", entries)
+    # bl631's timer is already gone: Timers answers 404 for it.
+    gone = created.metadata["timer_id"]
+    RegisteredResponse(
+        service="timer",
+        method="DELETE",
+        path=f"/jobs/{gone}",
+        status=404,
+        json={"detail": "Not Found"},
+    ).add()
+    responses.calls.reset()  # type: ignore[no-untyped-call]
+
+    every_6h = config.model_copy(
+        update={"flight_check": config.flight_check.model_copy(update={"interval_hours": 6})}
+    )
+    errors: list[str] = []
+    loop = Lifecycle(every_6h, ledger, backend, _deployment(flight_flow), clock=Clock(T0))
+    loop.flights.ensure(flows, _counter(), errors)
+    calls = [(c.request.method, c.request.path_url) for c in responses.calls]
+    assert calls[:2] == [("DELETE", f"/jobs/{deleted.metadata['job_id']}"), ("POST", "/v2/timer")]
+    assert json.loads(responses.calls[1].request.body)["timer"]["schedule"]["interval_seconds"] == (
+        6 * 3600
+    )
+    # The 404 is taken as already gone, and the new timer is created all the same.
+    assert calls[2:] == [("DELETE", f"/jobs/{gone}"), ("POST", "/v2/timer")]
+    assert errors == []
