@@ -89,13 +89,14 @@ COMMAND_SCOPES: dict[str, tuple[str, ...]] = {
     "status": ("flows",),
     "runs": ("flows",),
     "timers": ("timers",),
+    "check": ("flows", "run:flight_check"),
     "doctor": ("auth", "transfer"),
     "whoami": ("auth",),
 }
-TIMER_FLOWS = ("prune",)
+TIMER_FLOWS = ("prune", "flight_check")
 # Flows with Transfer action states (transfer, stat, delete): their scope carries the
 # collections' data_access (tests check this against flow_definitions/).
-TRANSFER_FLOWS = frozenset({"new_file", "prune"})
+TRANSFER_FLOWS = frozenset({"new_file", "prune", "flight_check"})
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,13 @@ class Backend(Protocol):
     def create_flow_timer(
         self, *, name: str, run_at: datetime, request: RunRequest
     ) -> dict[str, Any]: ...
+    def create_recurring_flow_timer(
+        self, *, name: str, interval_seconds: int, start: datetime, request: RunRequest
+    ) -> dict[str, Any]:
+        """A timer that starts the flow every `interval_seconds` from `start`, each run
+        with the same body (Timers keeps one FlowStartDocument per timer)."""
+        ...
+
     def iter_timers(self) -> Iterator[dict[str, Any]]: ...
     def delete_timer(self, timer_id: str) -> dict[str, Any]: ...
 

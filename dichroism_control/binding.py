@@ -7,7 +7,8 @@ target root, the safe root, the Compute endpoint and the verifier function, so a
 never verify a file against itself (target root == safe root) or against another beamline's
 copy, and the verifier cannot be swapped for a function that says yes. For `new_file`, the
 beamline fixes both collections, the path prefixes and the SciCat function; for `archive`,
-the CFS root, the HPSS directory and both functions.
+the CFS root, the HPSS directory and both functions; for `flight_check`, both collections,
+the canary directories (so its deletes reach nothing else), both endpoints and HPSS.
 
 The Flows service validates every run's input against this schema (a 400 before anything
 runs), the local backend does the same, and the launcher and lifecycle check bodies against
@@ -133,7 +134,52 @@ def archive_bindings(config: Config, functions: Mapping[str, str] | None) -> lis
     return bindings
 
 
-BINDINGS = {"new_file": new_file_bindings, "archive": archive_bindings, "prune": prune_bindings}
+def flight_check_bindings(
+    config: Config, functions: Mapping[str, str] | None
+) -> list[dict[str, Any]]:
+    """Per beamline: both collections, the canary directories at each end (its deletes can
+    reach nothing else), both Compute endpoints, the beamline's HPSS directory and the
+    check function."""
+    from dichroism_control.config import CANARY_DIR
+    from dichroism_control.routing import cfs_root_path, hpss_directory, source_root_path
+
+    endpoints = config.globus.compute_endpoints
+    function = (functions or {}).get("flight_check_endpoint")
+    bindings = []
+    for name in sorted(config.beamlines):
+        settings = config.beamline(name)
+        nersc: dict[str, Any] = {
+            "endpoint_id": _const(endpoints.nersc),
+            "hpss_dir": _const(hpss_directory(config, name)),
+        }
+        scicat: dict[str, Any] = {"endpoint_id": _const(endpoints.scicat)}
+        if function:
+            nersc["function_id"] = scicat["function_id"] = _const(function)
+        canaries = f"{source_root_path(config, name).rstrip('/')}/{CANARY_DIR}"
+        bindings.append(
+            _obj(
+                beamline=_const(name),
+                source=_obj(
+                    collection_id=_const(config.endpoint(settings.source).uuid),
+                    path=_under(canaries),
+                ),
+                destination=_obj(
+                    collection_id=_const(config.endpoint(settings.destination).uuid),
+                    directory=_const(f"{cfs_root_path(config, name).rstrip('/')}/{CANARY_DIR}"),
+                ),
+                nersc=_obj(**nersc),
+                scicat=_obj(**scicat),
+            )
+        )
+    return bindings
+
+
+BINDINGS = {
+    "new_file": new_file_bindings,
+    "archive": archive_bindings,
+    "prune": prune_bindings,
+    "flight_check": flight_check_bindings,
+}
 
 
 def specialise(

@@ -28,14 +28,22 @@ from dichroism_control.errors import ConfigError
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 # The shipped config.yml uses these so it validates; commands that reach Globus refuse them.
 PLACEHOLDER_PREFIX = "00000000-0000-0000-0000-"
-FLOW_NAMES = ("new_file", "archive", "prune")
+FLOW_NAMES = ("new_file", "archive", "prune", "flight_check")
 FUNCTION_NAMES = (
     "scicat_ingest",
     "scicat_add_location",
     "hpss_archive",
     "hpss_verify",
     "cfs_verify",
+    "flight_check_endpoint",
 )
+# The flight check's reserved directory, in the watch root and at CFS: never a scan
+# (routing.matches refuses it whatever the ignore rules say); the flight_check schema lets
+# the flow delete nothing outside it (tools/gen_definitions.py CANARY_DIR).
+CANARY_DIR = ".dichroism-canary"
+# A flow missing from globus.flows is deployed with this title (configs written before the
+# flow existed keep working).
+DEFAULT_FLOW_TITLES = {"flight_check": "Dichroism: flight check"}
 _PRINCIPAL_RE = re.compile(r"^urn:globus:(auth:identity|groups:id):[0-9a-fA-F-]{36}$")
 _SPECIAL_PRINCIPALS = {"public", "all_authenticated_users"}
 # What the flow schemas accept as a beamline name (flow_definitions/*.json, BEAMLINE).
@@ -133,7 +141,7 @@ class GlobusSettings(Strict):
     endpoints: dict[str, Endpoint]
     compute_endpoints: ComputeEndpoints
     roles: Roles = Roles()
-    flows: dict[Literal["new_file", "archive", "prune"], FlowSettings] = {}
+    flows: dict[Literal["new_file", "archive", "prune", "flight_check"], FlowSettings] = {}
     # Pinned Compute function ids, by function name (see FUNCTION_NAMES).
     functions: dict[str, Uuid] = {}
     subscription_id: Uuid | None = None
@@ -328,6 +336,15 @@ class Notify(Strict):
         return kept
 
 
+class FlightCheck(Strict):
+    """The recurring flight check (a Globus Timer per beamline) and `dichroism check`."""
+
+    enabled: bool = True
+    interval_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # How long `dichroism check` waits for its runs before it reports them as unfinished.
+    timeout_seconds: float = Field(default=900.0, gt=0)
+
+
 class Local(Strict):
     """Local backend: where HPSS and the SciCat stand-in live (relative: to config.yml)."""
 
@@ -345,6 +362,7 @@ class Config(Strict):
     submit: Submit = Submit()
     health: Health = Health()
     notify: Notify = Notify()
+    flight_check: FlightCheck = FlightCheck()
     local: Local = Local()
     # Set by load_config, not by the file: the directory relative paths resolve against.
     base_dir: str = Field(default=".", exclude=True)
@@ -524,7 +542,7 @@ class Config(Strict):
             # days, and a user may own only one such flow; we deploy three that live 180 days.
             found.append(
                 "globus.subscription_id is not set: flows without a subscription expire after"
-                " 30 days and an identity may own only one such flow, so the three flows need"
+                " 30 days and an identity may own only one such flow, so the four flows need"
                 " one (docs.globus.org/api/flows/limits)"
             )
         return found

@@ -168,7 +168,13 @@ def _schema_errors(schema: dict[str, Any]) -> list[str]:
 
 
 def house_rule_errors(definition: dict[str, Any]) -> list[str]:
-    """This project's own rules: every Action is caught, and every catch ends in a Fail."""
+    """This project's own rules: every Action is caught, and every catch ends in a Fail.
+
+    A catch ends in a Fail when its Next is a Fail state with a Cause, or when it records
+    the error (`ResultPath`) and carries on, and EVERY path from it reaches such a Fail: a
+    Fail itself, or a Choice that sends that recorded error to one (`IsPresent: true`). The
+    flight check runs every step and fails at the end this way, so one run names every
+    problem; no path can let a caught error end the run as a success."""
     errors = []
     states = definition.get("States", {})
     for name, state in states.items():
@@ -179,12 +185,50 @@ def house_rule_errors(definition: dict[str, Any]) -> list[str]:
             errors.append(f"States.{name}.Catch: every Action needs a States.ALL catch")
         for catcher in catchers:
             target = states.get(catcher.get("Next"), {})
-            if target.get("Type") != "Fail" or not target.get("Cause"):
-                target_name = catcher.get("Next")
-                errors.append(
-                    f"States.{name}.Catch: {target_name!r} must be a Fail state with a Cause"
-                )
+            if _is_fail(target):
+                continue
+            target_name = catcher.get("Next")
+            recorded = catcher.get("ResultPath")
+            if isinstance(recorded, str) and _always_fails(states, target_name, recorded):
+                continue
+            errors.append(
+                f"States.{name}.Catch: {target_name!r} must be a Fail state with a Cause, or"
+                " every path from it must reach one (a Choice sending the caught error,"
+                " `IsPresent`, to such a Fail counts)"
+            )
     return errors
+
+
+def _is_fail(state: Any) -> bool:
+    return isinstance(state, dict) and state.get("Type") == "Fail" and bool(state.get("Cause"))
+
+
+def _always_fails(states: dict[str, Any], start: Any, recorded: str) -> bool:
+    """Every path from `start` reaches a Fail with a Cause, counting a Choice that tests
+    `recorded` with `IsPresent: true` and sends it to such a Fail as the end of the path."""
+    stack, seen = [start], set()
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        state = states.get(name)
+        if not isinstance(state, dict):
+            return False
+        if _is_fail(state):
+            continue
+        if state.get("Type") == "Choice" and any(
+            isinstance(rule, dict)
+            and rule.get("Variable") == recorded
+            and rule.get("IsPresent") is True
+            and _is_fail(states.get(str(rule.get("Next"))))
+            for rule in state.get("Choices", [])
+        ):
+            continue
+        if state.get("End") or state.get("Type") in ("Succeed", "Fail"):
+            return False
+        stack.extend(target for _, target in _targets(state))
+    return True
 
 
 def validate_document(document: FlowDocument, *, house_rules: bool = True) -> list[str]:

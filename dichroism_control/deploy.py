@@ -46,6 +46,7 @@ FUNCTION_MODULES: dict[str, str] = {
     "hpss_archive": "hpss",
     "hpss_verify": "hpss",
     "cfs_verify": "cfs",
+    "flight_check_endpoint": "flight",
 }
 SPECIAL_STARTERS = ("public", "all_authenticated_users")
 ROLE_FIELDS = (
@@ -236,8 +237,11 @@ def public_starters(config: Config) -> list[str]:
 
 def flow_spec(config: Config, document: FlowDocument) -> FlowSpec:
     from dichroism_control.backend import FlowSpec
+    from dichroism_control.config import DEFAULT_FLOW_TITLES, FlowSettings
 
     settings = config.globus.flows.get(document.name)  # type: ignore[call-overload]
+    if settings is None and document.name in DEFAULT_FLOW_TITLES:
+        settings = FlowSettings(title=DEFAULT_FLOW_TITLES[document.name])
     if settings is None:
         raise ConfigError(f"globus.flows.{document.name}: required to deploy (at least a title)")
     roles = config.globus.roles

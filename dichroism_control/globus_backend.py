@@ -386,6 +386,29 @@ class GlobusBackend:
         data = dict(self.timers.create_timer(timer).data)
         return dict(data.get("timer", data))
 
+    @translate_errors
+    def create_recurring_flow_timer(
+        self, *, name: str, interval_seconds: int, start: datetime, request: RunRequest
+    ) -> dict[str, Any]:
+        import globus_sdk
+
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware")
+        if request.flow_id not in self._timer_flow_ids:
+            raise BackendError(
+                f"flow {request.flow_id} was not declared for timers when the backend was built"
+            )
+        timer = globus_sdk.FlowTimer(
+            flow_id=request.flow_id,
+            name=name,
+            schedule=globus_sdk.RecurringTimerSchedule(
+                interval_seconds=int(interval_seconds), start=start
+            ),
+            body=request.timer_body(),
+        )
+        data = dict(self.timers.create_timer(timer).data)
+        return dict(data.get("timer", data))
+
     def iter_timers(self) -> Iterator[dict[str, Any]]:
         yield from self._list_jobs().get("jobs", [])
 

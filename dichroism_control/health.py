@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from dichroism_control.ledger_schema import UNACKNOWLEDGED
+
 if TYPE_CHECKING:
     from dichroism_control.config import Config
     from dichroism_control.ledger import Ledger
@@ -294,6 +296,7 @@ def _beamlines(config: Config, ledger: Ledger, now: float) -> dict[str, dict[str
         name: {
             "backlog": {},
             "failed": 0,
+            "acknowledged": 0,
             "throughput_24h": {},
             "prune_overdue": {"compute_dtn": 0, "cfs": 0},
         }
@@ -317,10 +320,14 @@ def _beamlines(config: Config, ledger: Ledger, now: float) -> dict[str, dict[str
             "oldest_age_seconds": round(now - oldest, 1) if oldest is not None else None,
             "oldest_scan_id": int(row["id"]),
         }
+    # A failure a person acknowledged (`dichroism ack`) is dealt with: counted apart.
+    unacked = UNACKNOWLEDGED.format(subject="'scan:' || scans.id")
     for row in ledger.query(
-        "SELECT beamline, COUNT(*) AS n FROM scans WHERE state = 'failed' GROUP BY beamline"
+        f"SELECT beamline, SUM({unacked}) AS n, COUNT(*) AS total FROM scans"
+        " WHERE state = 'failed' GROUP BY beamline"
     ):
         report[row["beamline"]]["failed"] = int(row["n"])
+        report[row["beamline"]]["acknowledged"] = int(row["total"]) - int(row["n"])
     window_start = now - THROUGHPUT_WINDOW
     hours = THROUGHPUT_WINDOW / 3600
     for step, column in (("transferred", "transferred_at"), ("archived", "archived_at")):
@@ -457,12 +464,18 @@ def assess(
                 Problem(
                     f"failed:{name}",
                     f"{name}: {info['failed']} scan(s) failed permanently (see `dichroism "
-                    "status`; retry or acknowledge them)",
+                    "status`; `dichroism retry` or `dichroism ack` them)",
                     str(info["failed"]),
                 )
             )
-    (groups,) = ledger.query("SELECT COUNT(*) AS n FROM archive_groups WHERE state = 'failed'")
-    (batches,) = ledger.query("SELECT COUNT(*) AS n FROM prune_timers WHERE state = 'failed'")
+    (groups,) = ledger.query(
+        "SELECT COUNT(*) AS n FROM archive_groups WHERE state = 'failed' AND "
+        + UNACKNOWLEDGED.format(subject="'group:' || archive_groups.id")
+    )
+    (batches,) = ledger.query(
+        "SELECT COUNT(*) AS n FROM prune_timers WHERE state = 'failed' AND "
+        + UNACKNOWLEDGED.format(subject="'batch:' || prune_timers.batch")
+    )
     if groups["n"]:
         problems.append(Problem("failed_archive_groups", f"{groups['n']} archive group(s) failed"))
     if batches["n"]:

@@ -33,6 +33,7 @@ from dichroism_control.ledger_schema import (
     _SCAN_COLUMNS,
     MIGRATIONS,
     SCHEMA,
+    UNACKNOWLEDGED,
     _migrate,
 )
 
@@ -167,28 +168,55 @@ class Ledger(Database):
         return counts
 
     def recent_failures(self, *, limit: int = 20) -> list[sqlite3.Row]:
+        """Failed scans no person has acknowledged, newest first."""
+        unacked = UNACKNOWLEDGED.format(subject="'scan:' || scans.id")
         return self.query(
             "SELECT beamline, rel, failed_step, last_error, attempts, run_id, updated_at"
-            " FROM scans WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?",
+            f" FROM scans WHERE state = 'failed' AND {unacked} ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
 
     def batch_failures(self, *, limit: int = 20) -> list[sqlite3.Row]:
-        """Failed archive groups and prune batches, newest first.
+        """Failed archive groups and prune batches no person has acknowledged, newest first.
 
         A failed prune leaves its scans in their state (nothing was deleted), so the failure
         is only visible here, not in `recent_failures`.
         """
+        groups = UNACKNOWLEDGED.format(subject="'group:' || archive_groups.id")
+        batches = UNACKNOWLEDGED.format(subject="'batch:' || prune_timers.batch")
         return self.query(
             "SELECT 'archive' AS step, beamline, archive_name AS subject, label, run_id,"
             " last_error, attempts, NULL AS files, updated_at FROM archive_groups"
-            " WHERE state = 'failed'"
+            f" WHERE state = 'failed' AND {groups}"
             " UNION ALL SELECT 'prune ' || location, beamline, batch, label, run_id, last_error,"
-            " (SELECT COUNT(*) FROM run_failures WHERE subject = 'batch:' || batch), files,"
-            " updated_at FROM prune_timers WHERE state = 'failed'"
+            " (SELECT COUNT(*) FROM run_failures WHERE subject = 'batch:' || batch"
+            " AND cleared_at IS NULL), files,"
+            f" updated_at FROM prune_timers WHERE state = 'failed' AND {batches}"
             " ORDER BY updated_at DESC LIMIT ?",
             (limit,),
         )
+
+    # -- what people did ------------------------------------------------------------------
+    @staticmethod
+    def record_intervention(
+        conn: sqlite3.Connection,
+        *,
+        action: str,
+        subject: str,
+        by: str,
+        note: str | None,
+        now: float,
+    ) -> None:
+        """Note what a person did (inside the caller's transaction)."""
+        conn.execute(
+            "INSERT INTO interventions (at, by, action, subject, note) VALUES (?, ?, ?, ?, ?)",
+            (now, by, action, subject, note),
+        )
+
+    def acknowledgement(self, subject: str) -> sqlite3.Row | None:
+        """Who acknowledged `subject`'s failure and when (None: nobody)."""
+        rows = self.query("SELECT * FROM acknowledged WHERE subject = ?", (subject,))
+        return rows[0] if rows else None
 
     # -- meta, refusals ------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:

@@ -153,13 +153,40 @@ CREATE TABLE IF NOT EXISTS refusals (
 -- What the alert digests already told a person (keys of failures, conditions, events), so a
 -- restart never sends the same digest again.
 CREATE TABLE IF NOT EXISTS notified (key TEXT PRIMARY KEY, sent_at REAL NOT NULL);
+
+-- Failures a person has dealt with (`dichroism ack`): the subject stays failed, but leaves
+-- `status`'s failure list, the health problems and the alert digest. A retry of the subject
+-- removes its row, so a later failure is shown again.
+CREATE TABLE IF NOT EXISTS acknowledged (
+    subject TEXT PRIMARY KEY,           -- scan:<id>, group:<id>, batch:<key>
+    by TEXT NOT NULL,                   -- who (the operator's name as given, or user@host)
+    at REAL NOT NULL,
+    note TEXT
+);
+
+-- What people did to the pipeline (retry, ack, cancel), for `scan show` and the record.
+CREATE TABLE IF NOT EXISTS interventions (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    by TEXT NOT NULL,
+    action TEXT NOT NULL,               -- retry | ack | cancel
+    subject TEXT NOT NULL,              -- scan:<id>, group:<id>, batch:<key>
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS interventions_subject ON interventions(subject, at);
 """
 )
+
+# A subject's failure that no person has acknowledged (SQL, `{subject}` an expression).
+UNACKNOWLEDGED = "NOT EXISTS (SELECT 1 FROM acknowledged WHERE acknowledged.subject = {subject})"
 
 # Additive migrations for databases created before a column existed: (table, column, DDL).
 MIGRATIONS = (
     # The failure's full structure (JSON) beside its one-line reason: `--format json`.
     ("run_failures", "cause", "ALTER TABLE run_failures ADD COLUMN cause TEXT"),
+    # Set when a person retried the subject: its failed runs stop counting as attempts
+    # (the record stays, for `scan show`).
+    ("run_failures", "cleared_at", "ALTER TABLE run_failures ADD COLUMN cleared_at REAL"),
 )
 
 

@@ -132,7 +132,7 @@ class PipelineCollector(Collector):
             labels=["beamline", "stage"],
         )
         failed = GaugeMetricFamily(
-            "dichroism_scans_failed", "Scans in state failed", labels=["beamline"]
+            "dichroism_scans_failed", "Scans failed and not acknowledged", labels=["beamline"]
         )
         for name, info in report.beamlines.items():
             for stage in STAGES:

@@ -32,6 +32,7 @@ from dichroism_control.health import (
     duration,
     timestamp,
 )
+from dichroism_control.ledger_schema import UNACKNOWLEDGED
 
 if TYPE_CHECKING:
     from dichroism_control.config import Config
@@ -91,7 +92,9 @@ def collect(config: Config, ledger: Ledger, report: Report) -> list[Item]:
     items: list[Item] = []
     for row in ledger.query(
         "SELECT id, beamline, rel, failed_step, attempts, last_error, updated_at FROM scans"
-        " WHERE state = 'failed' ORDER BY updated_at, id"
+        " WHERE state = 'failed' AND "
+        + UNACKNOWLEDGED.format(subject="'scan:' || scans.id")
+        + " ORDER BY updated_at, id"
     ):
         reason = _ATTEMPTS_PREFIX.sub("", row["last_error"] or "no reason recorded")
         items.append(
@@ -112,7 +115,9 @@ def collect(config: Config, ledger: Ledger, report: Report) -> list[Item]:
         )
     for row in ledger.query(
         "SELECT batch, beamline, location, files, last_error, updated_at FROM prune_timers"
-        " WHERE state = 'failed' ORDER BY updated_at"
+        " WHERE state = 'failed' AND "
+        + UNACKNOWLEDGED.format(subject="'batch:' || prune_timers.batch")
+        + " ORDER BY updated_at"
     ):
         items.append(
             Item(

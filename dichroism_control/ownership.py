@@ -114,6 +114,15 @@ class OwnerRecordingBackend:
         self._record()
         return timer
 
+    def create_recurring_flow_timer(
+        self, *, name: str, interval_seconds: int, start: datetime, request: RunRequest
+    ) -> dict[str, Any]:
+        timer = self._backend.create_recurring_flow_timer(
+            name=name, interval_seconds=interval_seconds, start=start, request=request
+        )
+        self._record()
+        return timer
+
     def iter_timers(self) -> Iterator[dict[str, Any]]:
         return self._backend.iter_timers()
 

@@ -15,7 +15,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from dichroism_control.config import Beamline, Config
+from dichroism_control.config import CANARY_DIR, Beamline, Config
 from dichroism_control.errors import ConfigError
 
 # The archive and prune schemas' limit on a path relative to a root (tools/gen_definitions.py
@@ -57,6 +57,8 @@ def matches(beamline: Beamline, rel: str) -> bool:
     """Whether a relative path is a scan for this beamline (patterns, not ignored)."""
     parts = PurePosixPath(rel).parts
     name = parts[-1] if parts else rel
+    if CANARY_DIR in parts:
+        return False  # the flight check's canaries, whatever the ignore rules say
     # Ignore rules apply to every component: a hidden directory hides what is inside it.
     if any(fnmatch.fnmatch(part, pattern) for part in parts for pattern in beamline.watch.ignore):
         return False

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
+from dichroism_control.config import CANARY_DIR
 from dichroism_control.intake import LEDGER_ERRORS, Intake, utf8
 from dichroism_control.poller import ignore_matcher
 from dichroism_control.quietlog import Throttle
@@ -65,7 +66,8 @@ def walk_files(root: str, beamline: Beamline) -> Iterator[str]:
         try:
             with os.scandir(directory) as entries:
                 for entry in entries:
-                    if ignored(entry.name):
+                    # The flight check's canaries are never scans, whatever the ignore rules.
+                    if entry.name == CANARY_DIR or ignored(entry.name):
                         continue
                     try:
                         if entry.is_dir(follow_symlinks=False):
@@ -166,7 +168,7 @@ class Watcher:
             root = beamline.watch.root.rstrip("/") + "/"
             observer = DirectoryPollingObserver(
                 known=self._held_as_they_are,
-                ignore=beamline.watch.ignore,
+                ignore=[*beamline.watch.ignore, CANARY_DIR],
                 accept=lambda path: matches(beamline, path[len(root) :]),
                 interval=beamline.watch.poll_interval_seconds,
                 rescan_seconds=self.rescan_seconds,

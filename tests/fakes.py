@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from dichroism_control.backend import FINAL_STATUSES, FlowSpec, RunRequest
+from dichroism_control.errors import PermanentBackendError
 from dichroism_control.local.service_rules import flows as flow_rules
 from dichroism_control.local.service_rules import timers as timer_rules
 
@@ -218,7 +219,8 @@ class FakeBackend:
 
     def fire_due_timers(self, now: float | None = None) -> list[str]:
         """What Timers does when timers fall due: start each one's run from its
-        FlowStartDocument (no label of ours), once; the timer has then ended."""
+        FlowStartDocument (no label of ours), once per due time; a once-timer has then
+        ended, a recurring one waits for its next time."""
         now = self.clock() if now is None else now
         started: list[str] = []
         for job_id, record in list(self._timer_records.items()):
@@ -244,10 +246,50 @@ class FakeBackend:
                     error=error,
                 )
             ]
-            self.timers[job_id] = timer_rules.timer_document(**record, status=timer_rules.ENDED)
+            status = timer_rules.ENDED
+            if record.get("interval_seconds") is not None:
+                # Recurring: loaded again with its next time; the counts are kept.
+                status = timer_rules.SCHEDULED
+                record["run_at"] = timer_rules.next_time(
+                    record["run_at"], record["interval_seconds"], now
+                )
+                record["n_runs"] += int(run_id is not None)
+                record["n_errors"] += int(run_id is None)
+            self.timers[job_id] = timer_rules.timer_document(**record, status=status)
             if run_id is not None:
                 started.append(run_id)
         return started
+
+    def create_recurring_flow_timer(
+        self, *, name: str, interval_seconds: int, start: datetime, request: RunRequest
+    ) -> dict[str, Any]:
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware")
+        if interval_seconds <= 0:
+            raise PermanentBackendError(
+                "400 BAD_REQUEST: interval_seconds must be > 0", http_status=400
+            )
+        if request.flow_id not in self._flows:
+            raise flow_rules.not_found("flow", request.flow_id)
+        self.timer_requests.append((name, start, request))
+        job_id = str(uuid.uuid4())
+        record = {
+            "job_id": job_id,
+            "name": name,
+            "flow_id": request.flow_id,
+            "run_at": start.timestamp(),
+            "body": timer_rules.flow_start_document(request.timer_body()),
+            "submitted_at": self.clock(),
+            "last_ran_at": None,
+            "results": [],
+            "interval_seconds": float(interval_seconds),
+            "start": start.timestamp(),
+            "n_runs": 0,
+            "n_errors": 0,
+        }
+        self.timers[job_id] = timer_rules.timer_document(**record, status=timer_rules.SCHEDULED)
+        self._timer_records[job_id] = record
+        return timer_rules.timer_document(**record, status=timer_rules.CREATED)
 
     def iter_timers(self) -> Iterator[dict[str, Any]]:
         yield from (dict(t) for t in self.timers.values())

@@ -88,7 +88,7 @@ CASES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
         "unknown pinned function",
         _set("globus", "functions", value={"scicat": "1b2c3d4e-0000-4000-8000-000000000402"}),
         "globus.functions: unknown function 'scicat' (known: scicat_ingest, scicat_add_location, "
-        "hpss_archive, hpss_verify, cfs_verify)",
+        "hpss_archive, hpss_verify, cfs_verify, flight_check_endpoint)",
     ),
     (
         "endpoint name differs from key",

@@ -150,16 +150,40 @@ def test_house_rules_every_action_caught_by_a_fail_with_cause() -> None:
     definition["States"]["Hello"]["Catch"] = [{"ErrorEquals": ["ActionTimeout"], "Next": "Done"}]
     assert house_rule_errors(definition) == [
         "States.Hello.Catch: every Action needs a States.ALL catch",
-        "States.Hello.Catch: 'Done' must be a Fail state with a Cause",
+        "States.Hello.Catch: 'Done' must be a Fail state with a Cause, or every path from it"
+        " must reach one (a Choice sending the caught error, `IsPresent`, to such a Fail"
+        " counts)",
     ]
+
+
+def test_a_catch_that_carries_on_must_still_end_in_a_fail_on_every_path() -> None:
+    """The flight check's shape: record the error, run the next step, fail at the end."""
+    definition = _base()
+    states = definition["States"]
+    states["Hello"]["Catch"] = [
+        {"ErrorEquals": ["States.ALL"], "ResultPath": "$.hello_error", "Next": "Verdict"}
+    ]
+    states["Hello"]["Next"] = "Verdict"
+    states["Verdict"] = {
+        "Type": "Choice",
+        "Choices": [{"Variable": "$.hello_error", "IsPresent": True, "Next": "Failed"}],
+        "Default": "Done",
+    }
+    assert house_rule_errors(definition) == []
+    # Testing another variable does not count: the caught error could end in Done.
+    states["Verdict"]["Choices"][0]["Variable"] = "$.other_error"
+    assert len(house_rule_errors(definition)) == 1
+    # Nor does a Choice that sends it to a state that is not a Fail with a Cause.
+    states["Verdict"]["Choices"][0].update(Variable="$.hello_error", Next="Done")
+    assert len(house_rule_errors(definition)) == 1
 
 
 def test_shipped_definitions_are_valid_and_specialised(config: Config) -> None:
     documents = load_all(config.definitions_path)
-    assert list(documents) == ["new_file", "archive", "prune"]
+    assert list(documents) == ["new_file", "archive", "prune", "flight_check"]
     for document in documents.values():
         assert validate_document(specialise(document, config)) == []
-    for name in ("new_file", "archive", "prune"):
+    for name in ("new_file", "archive", "prune", "flight_check"):
         bound = specialise(documents[name], config)
         props = bound.input_schema["properties"]["input"]["properties"]
         assert props["beamline"]["enum"] == ["bl402", "bl631"]

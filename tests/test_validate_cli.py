@@ -16,7 +16,7 @@ from tests.deploy.helpers import FakeGlobus, client_env, run_cli, started_mock
 REPO = Path(__file__).resolve().parents[1]
 NO_SUBSCRIPTION_WARNING = (
     "dichroism: warning: globus.subscription_id is not set: flows without a subscription"
-    " expire after 30 days and an identity may own only one such flow, so the three flows"
+    " expire after 30 days and an identity may own only one such flow, so the four flows"
     " need one (docs.globus.org/api/flows/limits)\n"
 )
 
@@ -51,6 +51,7 @@ def test_validate_ok(write_config: Callable[..., Path], capsys: pytest.CaptureFi
     assert out == (
         f"config: ok ({config_path})\n"
         "new_file: ok (structure)\narchive: ok (structure)\nprune: ok (structure)\n"
+        "flight_check: ok (structure)\n"
     )
 
 
@@ -90,7 +91,7 @@ def test_validate_remote_shows_the_service_errors(
     code, out, _ = run_cli(["--config", str(config_path), "validate", "--remote"], capsys)
     assert code == 0
     assert "new_file: ok (structure + service)" in out
-    assert len(fake_globus.calls("POST", "/flows/validate")) == 3
+    assert len(fake_globus.calls("POST", "/flows/validate")) == 4
     body = json.loads(fake_globus.calls("POST", "/flows/validate")[0].request.body)
     assert set(body) == {"definition", "input_schema"}
     assert fake_globus.service_writes() == fake_globus.calls("POST", "/flows/validate")
@@ -108,7 +109,8 @@ def test_validate_remote_shows_the_service_errors(
         "new_file: INVALID (structure + service)\n  - (service) definition.States.TransferToCFS: "
         "A state of type 'Action' must be defined as either terminal or transitional\n"
     ) in out
-    assert err == NO_SUBSCRIPTION_WARNING + "dichroism: error: 3 problem(s) found\n"
+    # The fake service answers the same error for every flow it is asked about.
+    assert err == NO_SUBSCRIPTION_WARNING + "dichroism: error: 4 problem(s) found\n"
 
 
 def test_validate_remote_refuses_placeholders(
@@ -128,7 +130,7 @@ def test_validate_warns_when_the_globus_backend_has_no_subscription(
     (docs.globus.org/api/flows/limits): `validate` says so on the globus backend only."""
     warning = (
         "globus.subscription_id is not set: flows without a subscription expire after 30 days"
-        " and an identity may own only one such flow, so the three flows need one"
+        " and an identity may own only one such flow, so the four flows need one"
         " (docs.globus.org/api/flows/limits)"
     )
     config_path = write_config()

@@ -608,6 +608,246 @@ prune = {
 }
 
 
+# The flight check's canary: a small file in a reserved directory at each end. The schema
+# pins both to that directory (binding.py pins them per beamline), so the flow's deletes
+# can never reach anything but a canary.
+CANARY_DIR = ".dichroism-canary"
+CANARY_MAX_BYTES = 1 << 20
+CANARY_NAME = "[A-Za-z0-9._-]{1,128}"
+# An absolute path without `..` whose last directory is the canary directory (`\.` in it).
+_IN_CANARY_DIR = "^/(?!(.*/)?\\.\\.(/|$))[^\\x00]*/\\" + CANARY_DIR
+CANARY_PATH = {**ABS_PATH, "pattern": f"{_IN_CANARY_DIR}/{CANARY_NAME}$"}
+CANARY_DIRECTORY = {**ABS_PATH, "pattern": f"{_IN_CANARY_DIR}$"}
+
+
+def step_ok(step: str, error_key: str, then: str) -> dict:
+    """A Choice: the step's Catch stored an error (`$.<error_key>`) -> FlightCheckFailed."""
+    return {
+        "Type": "Choice",
+        "Comment": f"Did {step} fail?",
+        "Choices": [{"Variable": f"$.{error_key}", "IsPresent": True, "Next": "FlightCheckFailed"}],
+        "Default": then,
+    }
+
+
+def endpoint_ok(result: str, then: str) -> dict:
+    """A Choice: the Compute check at `$.<result>` reported every check ok."""
+    return {
+        "Type": "Choice",
+        "Choices": [
+            {
+                "Variable": f"$.{result}.details.result[0].ok",
+                "BooleanEquals": True,
+                "Next": then,
+            }
+        ],
+        "Default": "FlightCheckFailed",
+    }
+
+
+def continue_on_error(key: str, target: str) -> list[dict]:
+    """Record the error at `$.<key>` and go on: every step of a flight check runs, so one
+    run reports every problem, not only the first."""
+    return [{"ErrorEquals": ["States.ALL"], "ResultPath": f"$.{key}", "Next": target}]
+
+
+def flight_compute(endpoint: str, kwargs: dict, result: str, then: str, comment: str) -> dict:
+    return {
+        "Type": "Action",
+        "Comment": comment,
+        "ActionUrl": COMPUTE,
+        "Parameters": {
+            "endpoint_id.$": f"$.input.{endpoint}.endpoint_id",
+            "tasks": [
+                {"function_id.$": f"$.input.{endpoint}.function_id", "args": [], "kwargs": kwargs}
+            ],
+        },
+        "ResultPath": f"$.{result}",
+        "WaitTime": 600,
+        "ExceptionOnActionFailure": True,
+        "Catch": continue_on_error(f"{result}_error", then),
+        "Next": then,
+    }
+
+
+flight_check = {
+    "definition": {
+        "Comment": "Can the pipeline work right now? A canary file goes compute-dtn -> CFS "
+        "checksum-verified (MD5, as new_file), is stat'ed at CFS, deleted at CFS (and at the "
+        "source when input.source.delete), then each Compute endpoint checks its needs "
+        "(NERSC: hsi, htar, HPSS; SciCat: reachable with its credentials). Every step runs "
+        "and records its result or error; the run fails if any did. The CFS copy's name is "
+        "derived from the run id, so each run (a recurring timer's included) uses a new one.",
+        "StartAt": "NameCanary",
+        "States": {
+            "NameCanary": {
+                "Type": "ExpressionEval",
+                "Parameters": {
+                    "destination_path.=": "input.destination.directory + '/' + input.beamline"
+                    " + '-' + _context.run_id + '.dat'"
+                },
+                "ResultPath": "$.canary",
+                "Next": "CopyCanary",
+            },
+            "CopyCanary": {
+                "Type": "Action",
+                "Comment": "external_checksum: Globus verifies the copy against the MD5 of the "
+                "canary as it was written.",
+                "ActionUrl": f"{TRANSFER}/transfer",
+                "Parameters": {
+                    "source_endpoint.$": "$.input.source.collection_id",
+                    "destination_endpoint.$": "$.input.destination.collection_id",
+                    "DATA": [
+                        {
+                            "source_path.$": "$.input.source.path",
+                            "destination_path.$": "$.canary.destination_path",
+                            "external_checksum.$": "$.input.source.checksum",
+                            "checksum_algorithm": CHECKSUM_ALGORITHM,
+                        }
+                    ],
+                    "verify_checksum": True,
+                    "notify_on_succeeded": False,
+                    "notify_on_failed": False,
+                    "label.$": "$._context.run_id",
+                },
+                "ResultPath": "$.copy",
+                "WaitTime": 1800,
+                "ExceptionOnActionFailure": True,
+                "Catch": continue_on_error("copy_error", "StatCanary"),
+                "Next": "StatCanary",
+            },
+            "StatCanary": {
+                "Type": "Action",
+                "ActionUrl": f"{TRANSFER}/stat",
+                "Parameters": {
+                    "endpoint_id.$": "$.input.destination.collection_id",
+                    "path.$": "$.canary.destination_path",
+                },
+                "ResultPath": "$.stat",
+                "WaitTime": 300,
+                "ExceptionOnActionFailure": True,
+                "Catch": continue_on_error("stat_error", "DeleteCanaryAtCFS"),
+                "Next": "DeleteCanaryAtCFS",
+            },
+            "DeleteCanaryAtCFS": {
+                "Type": "Action",
+                "Comment": "ignore_missing: a copy that never arrived is not a second error.",
+                "ActionUrl": f"{TRANSFER}/delete",
+                "Parameters": {
+                    "endpoint.$": "$.input.destination.collection_id",
+                    "recursive": False,
+                    "ignore_missing": True,
+                    "DATA": [{"path.$": "$.canary.destination_path"}],
+                    "notify_on_succeeded": False,
+                    "notify_on_failed": False,
+                    "label.$": "$._context.run_id",
+                },
+                "ResultPath": "$.delete_cfs",
+                "WaitTime": 1800,
+                "ExceptionOnActionFailure": True,
+                "Catch": continue_on_error("delete_cfs_error", "DeleteAtSource"),
+                "Next": "DeleteAtSource",
+            },
+            "DeleteAtSource": {
+                "Type": "Choice",
+                "Comment": "`dichroism check` writes a fresh canary and has it deleted at the "
+                "source too; the recurring timer's canary is the watcher's and stays.",
+                "Choices": [
+                    {
+                        "Variable": "$.input.source.delete",
+                        "BooleanEquals": True,
+                        "Next": "DeleteCanaryAtSource",
+                    }
+                ],
+                "Default": "CheckNersc",
+            },
+            "DeleteCanaryAtSource": {
+                "Type": "Action",
+                "ActionUrl": f"{TRANSFER}/delete",
+                "Parameters": {
+                    "endpoint.$": "$.input.source.collection_id",
+                    "recursive": False,
+                    "ignore_missing": True,
+                    "DATA": [{"path.$": "$.input.source.path"}],
+                    "notify_on_succeeded": False,
+                    "notify_on_failed": False,
+                    "label.$": "$._context.run_id",
+                },
+                "ResultPath": "$.delete_source",
+                "WaitTime": 1800,
+                "ExceptionOnActionFailure": True,
+                "Catch": continue_on_error("delete_source_error", "CheckNersc"),
+                "Next": "CheckNersc",
+            },
+            "CheckNersc": flight_compute(
+                "nersc",
+                {"checks": ["hsi", "htar", "hpss"], "hpss_dir.$": "$.input.nersc.hpss_dir"},
+                "nersc",
+                "CheckScicat",
+                "flight_check_endpoint at NERSC: hsi and htar on PATH, HPSS lists the "
+                "beamline's directory.",
+            ),
+            "CheckScicat": flight_compute(
+                "scicat",
+                {"checks": ["scicat"]},
+                "scicat",
+                "CopyOk",
+                "flight_check_endpoint on the SciCat endpoint: SciCat answers with the "
+                "configured credentials (never shown).",
+            ),
+            "CopyOk": step_ok("the copy", "copy_error", "StatOk"),
+            "StatOk": step_ok("the stat", "stat_error", "SizeOk"),
+            "SizeOk": {
+                "Type": "Choice",
+                "Choices": [
+                    {
+                        "And": [
+                            {"Variable": "$.stat.details.size", "IsPresent": True},
+                            {
+                                "Variable": "$.stat.details.size",
+                                "NumericEqualsPath": "$.input.source.size",
+                            },
+                        ],
+                        "Next": "DeleteCfsOk",
+                    }
+                ],
+                "Default": "FlightCheckFailed",
+            },
+            "DeleteCfsOk": step_ok("the CFS delete", "delete_cfs_error", "DeleteSourceOk"),
+            "DeleteSourceOk": step_ok("the source delete", "delete_source_error", "NerscRan"),
+            "NerscRan": step_ok("the NERSC check", "nersc_error", "NerscOk"),
+            "NerscOk": endpoint_ok("nersc", "ScicatRan"),
+            "ScicatRan": step_ok("the SciCat check", "scicat_error", "ScicatOk"),
+            "ScicatOk": endpoint_ok("scicat", "Passed"),
+            "Passed": {"Type": "Pass", "Comment": "Every step passed.", "End": True},
+            "FlightCheckFailed": fail(
+                "FlightCheckFailed",
+                "At least one flight-check step failed. Each step's result is in the run's "
+                "output: $.copy, $.stat, $.delete_cfs, $.delete_source, $.nersc, $.scicat, "
+                "and $.<step>_error for a step that raised.",
+            ),
+        },
+    },
+    "input_schema": obj(
+        {
+            "beamline": BEAMLINE,
+            "source": obj(
+                {
+                    "collection_id": UUID,
+                    "path": CANARY_PATH,
+                    "size": {"type": "integer", "minimum": 1, "maximum": CANARY_MAX_BYTES},
+                    "checksum": MD5,
+                    "delete": {"type": "boolean"},
+                }
+            ),
+            "destination": obj({"collection_id": UUID, "directory": CANARY_DIRECTORY}),
+            "nersc": obj({"endpoint_id": UUID, "function_id": UUID, "hpss_dir": ABS_PATH}),
+            "scicat": obj({"endpoint_id": UUID, "function_id": UUID}),
+        }
+    ),
+}
+
+
 def wrapped(schema: dict) -> dict:
     # The run body is the initial run state; like gladier and the Globus tutorials we keep the
     # user's document under "input" so step results ($.transfer, $.error, ...) never collide
@@ -617,6 +857,12 @@ def wrapped(schema: dict) -> dict:
 
 if __name__ == "__main__":
     out = Path(__file__).resolve().parent.parent / "flow_definitions"
-    for name, doc in (("new_file", new_file), ("archive", archive), ("prune", prune)):
+    flows = (
+        ("new_file", new_file),
+        ("archive", archive),
+        ("prune", prune),
+        ("flight_check", flight_check),
+    )
+    for name, doc in flows:
         doc = {**doc, "input_schema": wrapped(doc["input_schema"])}
         (out / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")

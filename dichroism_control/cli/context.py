@@ -53,6 +53,18 @@ class Context:
 
         return Deployment.resolve(self.config())
 
+    def timer_flows(self) -> list[str]:
+        """Ids of the deployed flows that timers start (auth.TIMER_FLOWS): the Timers consent
+        must name each before the first Timers token is fetched (GLOBUS_NOTES)."""
+        from dichroism_control.auth import TIMER_FLOWS
+        from dichroism_control.errors import ConfigError
+
+        try:
+            flows = self.deployment().flows
+        except ConfigError:
+            return []
+        return [flows[name] for name in TIMER_FLOWS if name in flows]
+
     def backend(self, *, timer_flows: list[str] | None = None) -> Backend:
         import sys
 

@@ -39,11 +39,10 @@ def lifecycle(
         state.interactive = False
     config = state.config()
     deployment = state.deployment()
+    deployment.flow_id("prune")  # not deployed: one line, before any call
     # Every flow a timer may run must be in the Timers consent before the first Timers call.
     backend = require_owner(
-        state.ledger(),
-        state.backend(timer_flows=[deployment.flow_id("prune")]),
-        command="lifecycle",
+        state.ledger(), state.backend(timer_flows=state.timer_flows()), command="lifecycle"
     )
     from dichroism_control.liveness import record_lifecycle_pass
 

@@ -171,8 +171,24 @@ def _logs_text(data: dict[str, Any]) -> str:
 
 
 @runs_app.command("cancel")
-def cancel(ctx: typer.Context, run_id: Annotated[str, typer.Argument(help="Run id.")]) -> None:
-    """Cancel a run (Flows ends it FAILED, details.code FlowCanceled)."""
+def cancel(
+    ctx: typer.Context,
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    *,
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who is cancelling (default: your user@host).")
+    ] = None,
+) -> None:
+    """Cancel a run (Flows ends it FAILED, FlowCanceled) and stop what it served: a scan's
+    new_file run leaves the scan failed (cancelled), never sent again until `retry PATH`."""
+    from dichroism_control.operations.cancel import cancel as cancel_run
+    from dichroism_control.operations.people import who
+
     state: Context = ctx.obj
-    run = state.backend().cancel_run(run_id)
-    state.emit(run, text=lambda d: f"{run_id}: cancel requested (status {d.get('status')})")
+    result = cancel_run(state.ledger(), state.backend(), run_id, by=who(by))
+    state.emit(result, text=_cancel_text)
+
+
+def _cancel_text(result: dict[str, Any]) -> str:
+    line = f"{result['run_id']}: cancel requested (status {result['status']})"
+    return f"{line}\n{result['note']}" if result.get("note") else line

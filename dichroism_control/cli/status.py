@@ -115,8 +115,8 @@ def status(
 
 # -- failures -------------------------------------------------------------------------------
 def _failed_scans(ledger: Ledger, limit: int) -> list[sqlite3.Row]:
-    """Failed scans, newest first, with the run that failed and its recorded cause
-    (an archive failure's run is its group's)."""
+    """Failed scans no person acknowledged, newest first, with the run that failed and its
+    recorded cause (an archive failure's run is its group's)."""
     return ledger.query(
         "SELECT s.beamline, s.rel, s.failed_step, s.last_error, s.attempts, s.updated_at,"
         " CASE WHEN s.failed_step = 'archive' THEN g.run_id ELSE s.run_id END AS failed_run,"
@@ -124,7 +124,8 @@ def _failed_scans(ledger: Ledger, limit: int) -> list[sqlite3.Row]:
         " FROM scans s LEFT JOIN archive_groups g ON g.id = s.archive_group_id"
         " LEFT JOIN run_failures f ON f.run_id ="
         " (CASE WHEN s.failed_step = 'archive' THEN g.run_id ELSE s.run_id END)"
-        " WHERE s.state = 'failed' ORDER BY s.updated_at DESC LIMIT ?",
+        " WHERE s.state = 'failed' AND NOT EXISTS (SELECT 1 FROM acknowledged a"
+        " WHERE a.subject = 'scan:' || s.id) ORDER BY s.updated_at DESC LIMIT ?",
         (limit,),
     )
 

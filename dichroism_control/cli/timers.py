@@ -23,15 +23,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _backend(state: Context) -> Backend:
-    from dichroism_control.errors import ConfigError
-
-    # Ask for the prune flow's Timers consent even to list: a Timers token stored without it
+    # Ask for the timer flows' Timers consent even to list: a Timers token stored without it
     # would make the next create_timer fail with ConsentRequired (GLOBUS_NOTES).
-    try:
-        flows = [state.deployment().flow_id("prune")]
-    except ConfigError:
-        flows = []
-    return state.backend(timer_flows=flows)
+    return state.backend(timer_flows=state.timer_flows())
 
 
 @timers_app.command("list")

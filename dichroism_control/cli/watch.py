@@ -90,11 +90,10 @@ def watch(
         from dichroism_control.ownership import require_owner
 
         deployment = state.deployment()
-        # The lifecycle loop schedules prune timers through this backend: the prune flow
-        # must be declared before the first Timers token (GLOBUS_NOTES: consent trap).
-        prune = deployment.flows.get("prune")
+        # The lifecycle loop schedules prune and flight-check timers through this backend:
+        # their flows must be declared before the first Timers token (GLOBUS_NOTES).
         backend = require_owner(
-            state.ledger(), state.backend(timer_flows=[prune] if prune else None), command="watch"
+            state.ledger(), state.backend(timer_flows=state.timer_flows()), command="watch"
         )
         ledger = state.ledger()
         launcher = Launcher(config, ledger, backend, deployment)

@@ -244,7 +244,8 @@ class Step:
     def record_failure(
         self, conn: sqlite3.Connection, run: dict[str, Any], flow: str, subject: str, reason: str
     ) -> int | None:
-        """Record a failed run once; the subject's failure count, or None if already known."""
+        """Record a failed run once; the subject's failure count since its last retry by a
+        person, or None if already known."""
         cause = json.dumps(explain_run(run).as_dict(), sort_keys=True, default=str)
         cursor = conn.execute(
             "INSERT OR IGNORE INTO run_failures (run_id, flow, subject, status, reason,"
@@ -261,7 +262,9 @@ class Step:
         )
         if cursor.rowcount == 0:
             return None
+        # Failures before a person's retry (`cleared_at`) no longer count as attempts.
         row = conn.execute(
-            "SELECT COUNT(*) FROM run_failures WHERE subject = ?", (subject,)
+            "SELECT COUNT(*) FROM run_failures WHERE subject = ? AND cleared_at IS NULL",
+            (subject,),
         ).fetchone()
         return int(row[0])

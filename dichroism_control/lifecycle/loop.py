@@ -14,6 +14,8 @@ One pass (`Lifecycle.run_once`) does, in order:
 3. **Prune** (`prune.PruneBatches`). Confirmed copies (new_file SUCCEEDED -> compute-dtn
    prune; archive SUCCEEDED -> CFS prune) are batched per (beamline, location, day) into one
    Globus Timer each.
+4. **Flight check** (`flight.FlightChecks`). One recurring Timer per beamline, its canary
+   kept present, the verdict of each run it starts recorded for health.
 
 A file lock makes passes of several processes (`watch` and `lifecycle --once`) take turns.
 """
@@ -33,6 +35,7 @@ from dichroism_control.deploy_state import Deployment
 from dichroism_control.ledger import Ledger
 from dichroism_control.lifecycle.archive import ArchiveGroups
 from dichroism_control.lifecycle.archive_runs import ArchiveRuns
+from dichroism_control.lifecycle.flight import FlightChecks
 from dichroism_control.lifecycle.follow import RunFollower
 from dichroism_control.lifecycle.prune import PruneBatches
 from dichroism_control.lifecycle.transfers import NewFileRuns
@@ -62,27 +65,33 @@ class Lifecycle:
         self.archives = ArchiveGroups(*handles, clock=clock)
         self.archive_runs = ArchiveRuns(*handles, clock=clock)
         self.prunes = PruneBatches(*handles, clock=clock)
+        self.flights = FlightChecks(*handles, clock=clock)
 
     def run_once(self) -> dict[str, Any]:
         """One pass; returns counters of what happened (and `errors`, if any)."""
         flows = {name: self.deployment.flow_id(name) for name in FLOWS}
+        if "flight_check" in self.deployment.flows:
+            # Optional: a deployment from before the flight check still runs its pipeline.
+            flows["flight_check"] = self.deployment.flows["flight_check"]
         summary: Counter[str] = Counter()
         errors: list[str] = []
         with self._exclusive() as acquired:
             if not acquired:
                 return {"skipped": "another lifecycle pass holds the lock"}
             awaited = self.transfers.awaited() + self.archive_runs.awaited()
-            awaited += self.prunes.awaited()
+            awaited += self.prunes.awaited() + self.flights.awaited(flows)
             listing = self.follower.list(flows, awaited, summary, errors)
             self.transfers.follow(listing, summary)
             self.archive_runs.follow(listing, summary)
             self.prunes.follow(listing, summary)
+            self.flights.follow(listing, summary)
             self.archive_runs.resolve_submitting(listing, summary)
             self.archives.form(summary)
             self.archives.submit(flows, summary, errors)
             pending = self.prunes.resolve_scheduling(listing, summary, errors)
             pending += self.prunes.form(summary)
             self.prunes.schedule(flows, pending, summary, errors)
+            self.flights.ensure(flows, summary, errors)
         result: dict[str, Any] = dict(sorted(summary.items()))
         if errors:
             result["errors"] = errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -128,22 +129,34 @@ def cancel_timer(
         except PermanentBackendError as exc:
             if exc.http_status != 404:
                 raise
-    location = LOCATIONS[row["location"]]
     now = clock()
     with ledger.transaction() as conn:
-        cursor = conn.execute(
-            f"UPDATE scans SET {location.batch} = NULL, updated_at = ?"
-            f" WHERE {location.batch} = ? AND {location.pruned} IS NULL",
-            (now, row["batch"]),
-        )
-        released = cursor.rowcount
-        conn.execute(
-            "UPDATE prune_timers SET state = 'cancelled', last_error = ?, updated_at = ?"
-            " WHERE batch = ?",
-            (
-                f"cancelled by operator; {released} file(s) released for rescheduling",
-                now,
-                row["batch"],
-            ),
+        released = release_batch(
+            conn,
+            row,
+            state="cancelled",
+            note="cancelled by operator; {released} file(s) released for rescheduling",
+            now=now,
         )
     return {"id": timer_id, "batch": row["batch"], "deleted": deleted, "released_files": released}
+
+
+def release_batch(
+    conn: sqlite3.Connection, row: sqlite3.Row, *, state: str, note: str, now: float
+) -> int:
+    """Give a batch's unpruned files back to the pool (inside the caller's transaction):
+    the next lifecycle pass puts them in a new batch (`#2`, ...) due at confirmation + the
+    current retention. The batch row stays, marked `state` with `note` (`{released}` is
+    replaced by the count), so its key is never reused. Nothing is deleted here. Returns how
+    many files were released. `timers cancel` and `retry --batch` both come here."""
+    location = LOCATIONS[row["location"]]
+    released = conn.execute(
+        f"UPDATE scans SET {location.batch} = NULL, updated_at = ?"
+        f" WHERE {location.batch} = ? AND {location.pruned} IS NULL",
+        (now, row["batch"]),
+    ).rowcount
+    conn.execute(
+        "UPDATE prune_timers SET state = ?, last_error = ?, updated_at = ? WHERE batch = ?",
+        (state, note.format(released=released), now, row["batch"]),
+    )
+    return released

@@ -205,6 +205,15 @@ class LocalBackend:
         self._wake.set()
         return timer
 
+    def create_recurring_flow_timer(
+        self, *, name: str, interval_seconds: int, start: datetime, request: RunRequest
+    ) -> dict[str, Any]:
+        timer = self.timers.create_recurring(
+            name=name, interval_seconds=interval_seconds, start=start, request=request
+        )
+        self._wake.set()
+        return timer
+
     def iter_timers(self) -> Iterator[dict[str, Any]]:
         self.fire_due_timers()
         yield from self.timers.iter()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,11 @@ CREATE TABLE IF NOT EXISTS local_timers (
     run_id TEXT,
     last_error TEXT,
     submitted_at REAL NOT NULL,
-    last_ran_at REAL
+    last_ran_at REAL,
+    interval_seconds REAL,              -- recurring timers: fires every this many seconds
+    schedule_start REAL,                -- recurring timers: the schedule's first time
+    n_runs INTEGER NOT NULL DEFAULT 0,
+    n_errors INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS local_timers_due ON local_timers(status, run_at);
 """
@@ -118,8 +123,42 @@ def owner_alive(token: str) -> bool:
     return start == "?" or current is None or current == start
 
 
+# Columns added after the first local stores were written: (table, column, DDL).
+MIGRATIONS = (
+    (
+        "local_timers",
+        "interval_seconds",
+        "ALTER TABLE local_timers ADD COLUMN interval_seconds REAL",
+    ),
+    (
+        "local_timers",
+        "schedule_start",
+        "ALTER TABLE local_timers ADD COLUMN schedule_start REAL",
+    ),
+    (
+        "local_timers",
+        "n_runs",
+        "ALTER TABLE local_timers ADD COLUMN n_runs INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "local_timers",
+        "n_errors",
+        "ALTER TABLE local_timers ADD COLUMN n_errors INTEGER NOT NULL DEFAULT 0",
+    ),
+)
+
+
 class LocalStore(Database):
     """The `local_*` tables of the ledger file."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
+        super().__init__(path, SCHEMA, migrate=_migrate)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns a store from before them lacks (before SCHEMA's CREATE ... IF NOT
+    EXISTS, which leaves an existing table as it is)."""
+    for table, column, ddl in MIGRATIONS:
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if columns and column not in columns:
+            conn.execute(ddl)

@@ -1,10 +1,14 @@
-"""The local stand-in for Globus Timers: once-timers that start a flow run, kept in
+"""The local stand-in for Globus Timers: flow timers that start a flow run, kept in
 `local_timers`, obeying service_rules.timers: a timer keeps only the FlowStartDocument of
-the run request (no label), starts its run without a label, and has ended once it fired.
+the run request (no label) and starts its run without a label. A once-timer has ended once
+it fired; a recurring one is loaded again with its next time.
 
-A timer fires exactly once, whichever process gets there first: the claim is
-`UPDATE ... WHERE status = 'loaded'` in the same transaction that inserts the run. Stored
-statuses: loaded -> firing -> ended (its run started) | error (its run was refused); deleted.
+Each due time fires exactly once, whichever process gets there first: the claim is
+`UPDATE ... WHERE status = 'loaded' AND run_at <= now` in the same transaction that inserts
+the run (the `run_at` test: a recurring timer is 'loaded' again at once, with its next
+time, so a claim that read the old time must not fire it twice). Stored statuses: loaded ->
+firing -> ended (its run started) | error (its run was refused) | loaded (recurring);
+deleted.
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ def timer_document(row: sqlite3.Row, *, status: str | None = None) -> dict[str, 
     """The timer as Timers lists it (service_rules.timers.timer_document)."""
     stored = row["status"]
     ran = stored in ("ended", "error")
+    recurring = row["interval_seconds"] is not None
     results = []
-    if ran:
+    if ran or (recurring and row["last_ran_at"] is not None):
         results.append(
             rules.result(
                 ran_at=row["last_ran_at"],
@@ -57,6 +62,10 @@ def timer_document(row: sqlite3.Row, *, status: str | None = None) -> dict[str, 
         submitted_at=row["submitted_at"],
         last_ran_at=row["last_ran_at"],
         results=results,
+        interval_seconds=row["interval_seconds"],
+        start=row["schedule_start"],
+        n_runs=int(row["n_runs"]) if recurring else None,
+        n_errors=int(row["n_errors"]) if recurring else None,
     )
 
 
@@ -91,6 +100,37 @@ class LocalTimers:
                 run_at.timestamp(),
                 dumps(rules.flow_start_document(request.timer_body())),
                 time.time(),
+            ),
+        )
+        return timer_document(self._row(job_id), status=rules.CREATED)
+
+    def create_recurring(
+        self, *, name: str, interval_seconds: int, start: datetime, request: RunRequest
+    ) -> dict[str, Any]:
+        """A timer that starts its run every `interval_seconds` from `start`
+        (timers.ts RecurringTimerSchedule)."""
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware")
+        if interval_seconds <= 0:
+            raise PermanentBackendError(
+                "400 BAD_REQUEST: interval_seconds must be > 0", http_status=400
+            )
+        if self.registry.flow_row(request.flow_id) is None:
+            raise not_found("flow", request.flow_id)
+        job_id = str(uuid.uuid4())
+        self.store.execute(
+            "INSERT INTO local_timers (job_id, name, flow_id, run_at, body, status,"
+            " submitted_at, interval_seconds, schedule_start)"
+            " VALUES (?, ?, ?, ?, ?, 'loaded', ?, ?, ?)",
+            (
+                job_id,
+                name,
+                request.flow_id,
+                start.timestamp(),
+                dumps(rules.flow_start_document(request.timer_body())),
+                time.time(),
+                float(interval_seconds),
+                start.timestamp(),
             ),
         )
         return timer_document(self._row(job_id), status=rules.CREATED)
@@ -141,8 +181,8 @@ class LocalTimers:
         with self.store.transaction() as conn:
             claimed = conn.execute(
                 "UPDATE local_timers SET status = 'firing', last_ran_at = ?"
-                " WHERE job_id = ? AND status = 'loaded'",
-                (now, job_id),
+                " WHERE job_id = ? AND status = 'loaded' AND run_at <= ?",
+                (now, job_id, now),
             ).rowcount
             if claimed != 1:
                 return None  # another process (or thread) fired it
@@ -160,7 +200,18 @@ class LocalTimers:
                     self.registry.validate_body(flow, request.get("body") or {})
                 except PermanentBackendError as exc:
                     error = str(exc)
-            if error is None and flow is not None:
+            interval = timer["interval_seconds"]
+            if interval is not None:
+                if error is None and flow is not None:
+                    run_id = self.records.insert(conn, flow, request)
+                next_at = rules.next_time(float(timer["run_at"]), float(interval), now)
+                conn.execute(
+                    "UPDATE local_timers SET status = 'loaded', run_at = ?, run_id = ?,"
+                    " last_error = ?, n_runs = n_runs + ?, n_errors = n_errors + ?"
+                    " WHERE job_id = ?",
+                    (next_at, run_id, error, int(run_id is not None), int(run_id is None), job_id),
+                )
+            elif error is None and flow is not None:
                 run_id = self.records.insert(conn, flow, request)
                 conn.execute(
                     "UPDATE local_timers SET status = 'ended', run_id = ? WHERE job_id = ?",

@@ -25,6 +25,7 @@ from tests.deploy.helpers import CLIENT_ID, FakeGlobus, run_cli
 NEW_FILE = "24bc4997-b483-4c25-a19c-64b0afc00743"
 ARCHIVE = "22222222-0000-4000-8000-000000000002"
 PRUNE = "33333333-0000-4000-8000-000000000003"
+FLIGHT = "44444444-0000-4000-8000-000000000004"
 TIMERS_RS = "524230d7-ea86-4a52-8312-86065a9e0417"
 USER_ID = "8ca28797-3541-4a5d-a264-05b00f91e608"  # the `auth.get_consents` fixture's identity
 TRANSFER_ALL = "urn:globus:auth:scope:transfer.api.globus.org:all"
@@ -51,6 +52,11 @@ def _pin(data: dict[str, Any]) -> None:
     data["globus"]["flows"]["new_file"]["id"] = NEW_FILE
     data["globus"]["flows"]["archive"]["id"] = ARCHIVE
     data["globus"]["flows"]["prune"]["id"] = PRUNE
+
+
+def _pin_all(data: dict[str, Any]) -> None:
+    _pin(data)
+    data["globus"]["flows"]["flight_check"] = {"title": "flight check", "id": FLIGHT}
 
 
 # -- config and plan ------------------------------------------------------------------------
@@ -95,14 +101,19 @@ def test_scope_plan_puts_data_access_under_the_transfer_flows() -> None:
     1213-1262); a flow timer needs the same chain under `timer` (the SDK's
     `TimersClient.add_app_flow_user_scope`, services/timers/client.py:106-154, puts the flow
     scope under `timer`). Archive runs have no Transfer step: no data_access."""
-    ids = {"new_file": NEW_FILE, "archive": ARCHIVE, "prune": PRUNE}
+    ids = {"new_file": NEW_FILE, "archive": ARCHIVE, "prune": PRUNE, "flight_check": FLIGHT}
     plan = scope_requirements(["watch"], flow_ids=ids, data_access=COLLECTIONS)
     assert plan.unresolved == []
     assert [str(s) for s in plan.requirements[NEW_FILE]] == [_chain(NEW_FILE, COLLECTIONS)]
     assert [str(s) for s in plan.requirements[ARCHIVE]] == [_user(ARCHIVE)]
+    # Both timer flows (prune, and the recurring flight check) move files: both chains.
+    timers = f"{_chain(PRUNE, COLLECTIONS)} {_chain(FLIGHT, COLLECTIONS)}"
     assert [str(s) for s in plan.requirements[TIMERS_RS]] == [
-        f"https://auth.globus.org/scopes/{TIMERS_RS}/timer[{_chain(PRUNE, COLLECTIONS)}]"
+        f"https://auth.globus.org/scopes/{TIMERS_RS}/timer[{timers}]"
     ]
+    # A deployment from before the flight check: its timer consent is named as missing.
+    older = {k: v for k, v in ids.items() if k != "flight_check"}
+    assert scope_requirements(["watch"], flow_ids=older).unresolved == ["timers[flight_check]"]
     # Without mapped collections the scopes are the plain ones.
     bare = scope_requirements(["watch"], flow_ids=ids)
     assert [str(s) for s in bare.requirements[NEW_FILE]] == [_user(NEW_FILE)]
@@ -375,14 +386,19 @@ def test_client_login_force_fetches_tokens_for_the_whole_plan(
     one client-credentials grant for every scope of the plan, data_access chains included;
     a client's dependent consents are granted with the grant (GLOBUS_NOTES, ClientApp)."""
     code, out, err = run_cli(
-        ["--config", str(write_config(_pin)), "--format", "json", "login", "--force"], capsys
+        ["--config", str(write_config(_pin_all)), "--format", "json", "login", "--force"],
+        capsys,
     )
     assert code == 0, err
     doc = json.loads(out)
     assert (doc["identity"], doc["login"], doc["unresolved"]) == ("client", "tokens fetched", [])
     (grant,) = _grants(fake_globus.rsps)
-    timer = f"https://auth.globus.org/scopes/{TIMERS_RS}/timer[{_chain(PRUNE, COLLECTIONS)}]"
-    assert {_parsed(_chain(NEW_FILE, COLLECTIONS)), _parsed(timer), _parsed(_user(ARCHIVE))} <= (
-        grant
-    )
+    chains = f"{_chain(PRUNE, COLLECTIONS)} {_chain(FLIGHT, COLLECTIONS)}"
+    timer = f"https://auth.globus.org/scopes/{TIMERS_RS}/timer[{chains}]"
+    assert {
+        _parsed(_chain(NEW_FILE, COLLECTIONS)),
+        _parsed(_chain(FLIGHT, COLLECTIONS)),
+        _parsed(timer),
+        _parsed(_user(ARCHIVE)),
+    } <= grant
     assert "s3cret" not in out + err

@@ -25,13 +25,15 @@ REPO = Path(__file__).resolve().parents[2]
 SUBSCRIPTION = "5a05c000-0000-4000-8000-000000000001"
 NO_SUBSCRIPTION_WARNING = (
     "dichroism: warning: globus.subscription_id is not set: flows without a subscription"
-    " expire after 30 days and an identity may own only one such flow, so the three flows"
+    " expire after 30 days and an identity may own only one such flow, so the four flows"
     " need one (docs.globus.org/api/flows/limits)\n"
 )
 FLOW_TITLES = {
     "new_file": "Dichroism: new scan",
     "archive": "Dichroism: archive",
     "prune": "Dichroism: prune",
+    # Not in the test config's globus.flows: deployed with its default title.
+    "flight_check": "Dichroism: flight check",
 }
 
 
@@ -100,6 +102,7 @@ def test_first_deploy_registers_functions_and_creates_flows_with_exact_payloads(
     import globus_compute_sdk
 
     import compute_functions.cfs
+    import compute_functions.flight
     import compute_functions.hpss
     import compute_functions.scicat
 
@@ -117,9 +120,10 @@ def test_first_deploy_registers_functions_and_creates_flows_with_exact_payloads(
         "hpss_archive": compute_functions.hpss,
         "hpss_verify": compute_functions.hpss,
         "cfs_verify": compute_functions.cfs,
+        "flight_check_endpoint": compute_functions.flight,
     }
     registrations = fake_globus.calls("POST", "/v3/functions")
-    assert len(registrations) == 5
+    assert len(registrations) == len(FUNCTION_NAMES) == 6
     for call, name in zip(registrations, FUNCTION_NAMES, strict=True):
         function = getattr(modules[name], name)
         assert json.loads(call.request.body) == {
@@ -160,7 +164,7 @@ def test_second_deploy_with_nothing_changed_makes_zero_writes(
     assert _actions(report, "functions") == {n: "unchanged" for n in FUNCTION_NAMES}
     assert _actions(report, "flows") == {n: "unchanged" for n in FLOW_TITLES}
     assert fake_globus.writes() == []  # not even a token grant: the tokens were stored
-    assert [c.request.method for c in fake_globus.rsps.calls] == ["GET"] * 3
+    assert [c.request.method for c in fake_globus.rsps.calls] == ["GET"] * len(FLOW_TITLES)
 
 
 def test_dry_run_makes_zero_writes(
@@ -281,6 +285,7 @@ def test_changed_definition_updates_the_flow_and_shows_a_diff(
         "new_file": "unchanged",
         "archive": "unchanged",
         "prune": "updated",
+        "flight_check": "unchanged",
     }
     prune = next(f for f in report["flows"] if f["name"] == "prune")
     diff = prune["diff"].splitlines()
@@ -314,7 +319,7 @@ def test_changed_metadata_or_roles_updates_the_flow(
     assert _actions(report, "flows") == {n: "updated" for n in FLOW_TITLES}
     archive = next(f for f in report["flows"] if f["name"] == "archive")
     assert '+  "subtitle": "to tape"' in archive["diff"]
-    assert len(fake_globus.service_writes()) == 3
+    assert len(fake_globus.service_writes()) == len(FLOW_TITLES)
 
 
 def test_pinned_ids_are_used_as_they_are(
@@ -344,12 +349,13 @@ def test_pinned_ids_are_used_as_they_are(
         json.loads(c.request.body)["function_name"]
         for c in fake_globus.calls("POST", "/v3/functions")
     ]
-    assert "scicat_ingest" not in registered and len(registered) == 4
+    assert "scicat_ingest" not in registered and len(registered) == len(FUNCTION_NAMES) - 1
     new_file = next(f for f in report["flows"] if f["name"] == "new_file")
     assert (new_file["action"], new_file["id"]) == ("updated", pinned_flow)
     assert [json.loads(c.request.body)["title"] for c in fake_globus.calls("POST", "/flows")] == [
         FLOW_TITLES["archive"],
         FLOW_TITLES["prune"],
+        FLOW_TITLES["flight_check"],
     ]
     assert len(fake_globus.calls("PUT", f"/flows/{pinned_flow}")) == 1
 
@@ -452,11 +458,13 @@ def test_text_output_lists_each_item(
     code, out, _ = run_cli(["--config", str(config_path), "deploy"], capsys)
     assert code == 0
     lines = out.splitlines()
-    assert len(lines) == 8
+    assert len(lines) == len(FUNCTION_NAMES) + len(FLOW_TITLES)
     assert (
         lines[0].startswith("function scicat_ingest") and " registered (new)  fc000000-" in lines[0]
     )
-    assert lines[5].startswith("flow     new_file") and " created  f10a0000-" in lines[5]
+    first_flow = len(FUNCTION_NAMES)
+    assert lines[first_flow].startswith("flow     new_file")
+    assert " created  f10a0000-" in lines[first_flow]
 
 
 def test_only_limits_the_deploy(

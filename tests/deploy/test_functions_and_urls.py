@@ -33,13 +33,13 @@ def test_functions_register_only_when_their_source_changes(
     v1 = make_functions(tmp_path / "a")
 
     first = deploy(config, backend, functions=v1)
-    assert [r.action for r in first.functions] == ["registered"] * 5
+    assert [r.action for r in first.functions] == ["registered"] * 6
     assert _registered(fake_globus) == list(FUNCTION_NAMES)
 
     # The same source text from another file (another checkout, another Python): unchanged.
     fake_globus.rsps.calls.reset()
     again = deploy(config, backend, functions=make_functions(tmp_path / "b"))
-    assert [r.action for r in again.functions] == ["unchanged"] * 5
+    assert [r.action for r in again.functions] == ["unchanged"] * 6
     assert fake_globus.writes() == []
 
     edited = make_functions(tmp_path / "c", hpss_verify='return {"all_verified": True}')
@@ -62,7 +62,7 @@ def test_dry_run_reports_function_registrations_without_writing(
 ) -> None:
     config = load_config(write_config())
     report = deploy(config, build_backend(config), functions=make_functions(tmp_path), dry_run=True)
-    assert [(r.action, r.id) for r in report.functions] == [("registered", None)] * 5
+    assert [(r.action, r.id) for r in report.functions] == [("registered", None)] * 6
     assert len(fake_globus.rsps.calls) == 0
     assert not config.deploy_state_path.exists()
 
@@ -75,10 +75,10 @@ def test_deploy_only_uses_the_backend_protocol(
     fake = FakeBackend()
     report = deploy(config, fake, functions=make_functions(tmp_path))  # type: ignore[arg-type]
     assert report.backend == "fake"
-    assert [r.action for r in report.flows] == ["created"] * 3
+    assert [r.action for r in report.flows] == ["created"] * 4
     state = json.loads(config.deploy_state_path.read_text())
     assert set(state) == {"local"}
-    assert set(state["local"]["flows"]) == {"new_file", "archive", "prune"}
+    assert set(state["local"]["flows"]) == {"new_file", "archive", "prune", "flight_check"}
 
 
 def test_pins_do_not_apply_to_the_local_backend(
@@ -110,5 +110,5 @@ def test_deploy_works_against_service_urls_from_the_environment(
     assert json.loads(out)["ok"] is True
     hosts = {c.request.url.split("/")[2] for c in mocked.calls}
     assert hosts == {"127.0.0.1:8101", "127.0.0.1:8102", "127.0.0.1:8103"}
-    assert len(fake.flows) == 3 and len(fake.functions) == 5
+    assert len(fake.flows) == 4 and len(fake.functions) == 6
     assert all("globus.org" not in c.request.url for c in mocked.calls)

@@ -16,6 +16,7 @@ from tests.deploy.helpers import CLIENT_ID, CLIENT_SECRET, FakeGlobus, run_cli
 NEW_FILE = "11111111-0000-4000-8000-000000000001"
 ARCHIVE = "22222222-0000-4000-8000-000000000002"
 PRUNE = "33333333-0000-4000-8000-000000000003"
+FLIGHT = "44444444-0000-4000-8000-000000000004"
 TIMERS_RS = "524230d7-ea86-4a52-8312-86065a9e0417"
 
 
@@ -24,17 +25,26 @@ def _user_scope(flow_id: str) -> str:
 
 
 def test_scope_table_resolves_flow_scopes_and_the_timers_dependency() -> None:
-    plan = scope_requirements(
-        ["watch"], flow_ids={"new_file": NEW_FILE, "archive": ARCHIVE, "prune": PRUNE}
-    )
+    ids = {"new_file": NEW_FILE, "archive": ARCHIVE, "prune": PRUNE, "flight_check": FLIGHT}
+    plan = scope_requirements(["watch"], flow_ids=ids)
     assert plan.unresolved == []
     assert set(plan.requirements) == {"flows.globus.org", NEW_FILE, ARCHIVE, TIMERS_RS}
     assert [str(s) for s in plan.requirements[NEW_FILE]] == [_user_scope(NEW_FILE)]
     timers = [str(s) for s in plan.requirements[TIMERS_RS]]
-    assert timers == [f"https://auth.globus.org/scopes/{TIMERS_RS}/timer[{_user_scope(PRUNE)}]"]
+    both = f"{_user_scope(PRUNE)} {_user_scope(FLIGHT)}"
+    assert timers == [f"https://auth.globus.org/scopes/{TIMERS_RS}/timer[{both}]"]
+    # `dichroism check` starts the flight check itself.
+    check = scope_requirements(["check"], flow_ids=ids)
+    assert [str(s) for s in check.requirements[FLIGHT]] == [_user_scope(FLIGHT)]
 
     everything = scope_requirements(None, flow_ids={})
-    assert everything.unresolved == ["run:new_file", "run:archive", "timers[prune]"]
+    assert everything.unresolved == [
+        "run:new_file",
+        "run:archive",
+        "timers[prune]",
+        "timers[flight_check]",
+        "run:flight_check",
+    ]
     assert set(everything.requirements) == {
         "flows.globus.org",
         "funcx_service",
@@ -87,6 +97,7 @@ def test_user_login_requests_every_declared_scope(
         data["globus"]["flows"]["new_file"]["id"] = NEW_FILE
         data["globus"]["flows"]["archive"]["id"] = ARCHIVE
         data["globus"]["flows"]["prune"]["id"] = PRUNE
+        data["globus"]["flows"]["flight_check"] = {"title": "flight check", "id": FLIGHT}
 
     code, out, _ = run_cli(
         ["--config", str(write_config(pin)), "--format", "json", "login"], capsys

@@ -36,6 +36,7 @@ MODULE_OF = {
     "hpss_archive": "hpss",
     "hpss_verify": "hpss",
     "cfs_verify": "cfs",
+    "flight_check_endpoint": "flight",
 }
 METADATA = {
     "instrument_id": "4.0.2",

@@ -80,7 +80,12 @@ def test_local_backend_cli_smoke(stack: Stack, monkeypatch: pytest.MonkeyPatch) 
         return json.loads(result.stdout)  # type: ignore[no-any-return]
 
     deployed = call("deploy")
-    assert {f["name"] for f in deployed["flows"]} == {"new_file", "archive", "prune"}
+    assert {f["name"] for f in deployed["flows"]} == {
+        "new_file",
+        "archive",
+        "prune",
+        "flight_check",
+    }
     assert call("deploy")["flows"][0]["action"] == "unchanged"  # idempotent
     assert call("runs", "list", "--flow", "all")["count"] == 0
     assert call("timers", "list")["timers"] == []

@@ -44,6 +44,8 @@ F_ARCHIVE = "55555555-5555-4555-8555-555555555555"
 F_LOCATION = "66666666-6666-4666-8666-666666666666"
 F_VERIFY = "77777777-7777-4777-8777-777777777777"
 F_TAPE = "88888888-8888-4888-8888-888888888888"
+F_FLIGHT = "99999999-9999-4999-8999-999999999999"
+SCICAT_EP = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
 MD5 = "0cc175b9c0f1b6a831c399e269772661"
 MTIME = "2026-11-25 12:00:00+00:00"
 DEADLINE = "2026-11-27T12:00:00+00:00"
@@ -120,6 +122,22 @@ INPUTS: dict[str, dict[str, Any]] = {
         "safe": {"root": "/global/cfs/als/4.0.2/raw"},
         "verify": {"endpoint_id": EP, "function_id": F_VERIFY},
         "deadline": DEADLINE,
+    },
+    "flight_check": {
+        "beamline": "bl402",
+        "source": {
+            "collection_id": DTN,
+            "path": "/data/bl402/.dichroism-canary/bl402-20261125T120000Z-0a1b2c3d.dat",
+            "size": 123,
+            "checksum": MD5,
+            "delete": True,
+        },
+        "destination": {
+            "collection_id": CFS,
+            "directory": "/global/cfs/als/4.0.2/raw/.dichroism-canary",
+        },
+        "nersc": {"endpoint_id": EP, "function_id": F_FLIGHT, "hpss_dir": "/home/a/als/bl402/raw"},
+        "scicat": {"endpoint_id": SCICAT_EP, "function_id": F_FLIGHT},
     },
 }
 
@@ -227,6 +245,12 @@ def hpss_archive(kwargs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def endpoint_checks(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """compute_functions/flight.py's result shape, every check passing."""
+    checks = [{"name": n, "ok": True, "detail": "fine", "remedy": None} for n in kwargs["checks"]]
+    return {"ok": True, "host": "nid001", "checks": checks}
+
+
 def verify(kept: list[dict[str, Any]] | None = None) -> Callable[[dict[str, Any]], Any]:
     def respond(kwargs: dict[str, Any]) -> dict[str, Any]:
         unsafe = {k["i"] for k in kept or []}
@@ -264,6 +288,7 @@ def providers(
                     F_LOCATION: lambda kw: {"updated": 1, "unchanged": 0, "missing": 0},
                     F_VERIFY: verify(kept),
                     F_TAPE: verify(kept),
+                    F_FLIGHT: endpoint_checks,
                 }
             )
         ),
@@ -516,12 +541,16 @@ def test_catch_reaches_fail_state(
 
 def test_every_action_state_has_a_catch_path_tested() -> None:
     tested = {(name, state) for name, _, _, state, _ in CATCH_PATHS}
+    carried_on = {("flight_check", state) for state, _, _, _ in FLIGHT_CATCHES}
     for name in INPUTS:
         states = load(name)["definition"]["States"]
-        for spec in states.values():
+        for state_name, spec in states.items():
             if spec["Type"] == "Action":
                 (catcher,) = spec["Catch"]
-                assert (name, catcher["Next"]) in tested
+                if states[catcher["Next"]]["Type"] == "Fail":
+                    assert (name, catcher["Next"]) in tested
+                else:  # records the error and carries on (the flight check)
+                    assert (name, state_name) in carried_on
 
 
 def test_size_mismatch_reaches_fail_state() -> None:
@@ -546,5 +575,117 @@ def test_unwrapped_document_fails_with_the_missing_path_named(name: str) -> None
     clock = FakeClock()
     outcome = Engine(providers(), sleep=clock.sleep, now=clock.now).run(definition, INPUTS[name])
     assert outcome.status == "FAILED"
-    assert outcome.code in ("ParameterPathError", "ChoicePathError")
-    assert "$.input." in outcome.details["description"]
+    assert outcome.code in ("ParameterPathError", "ChoicePathError", "ExpressionError")
+    description = outcome.details["description"]
+    assert "$.input." in description or "name 'input' is not present" in description
+
+
+# -- the flight check ------------------------------------------------------------------------
+CANARY_AT_CFS = "/global/cfs/als/4.0.2/raw/.dichroism-canary/bl402-run-0001.dat"
+CANARY_AT_DTN = INPUTS["flight_check"]["source"]["path"]
+
+
+def test_flight_check_round_trip_with_exact_action_bodies() -> None:
+    stubs = providers()
+    outcome = run("flight_check", stubs)
+    assert outcome.status == "SUCCEEDED", outcome.details
+    # The CFS name comes from the run id: a recurring timer's fixed body gets a new one each run.
+    assert stubs[TRANSFER].bodies == [
+        {
+            "source_endpoint": DTN,
+            "destination_endpoint": CFS,
+            "DATA": [
+                {
+                    "source_path": CANARY_AT_DTN,
+                    "destination_path": CANARY_AT_CFS,
+                    "external_checksum": MD5,
+                    "checksum_algorithm": "MD5",
+                }
+            ],
+            "verify_checksum": True,
+            "notify_on_succeeded": False,
+            "notify_on_failed": False,
+            "label": "run-0001",
+        }
+    ]
+    assert stubs[STAT].bodies == [{"endpoint_id": CFS, "path": CANARY_AT_CFS}]
+    assert stubs[DELETE].bodies == [
+        {
+            "endpoint": endpoint,
+            "recursive": False,
+            "ignore_missing": True,
+            "DATA": [{"path": path}],
+            "notify_on_succeeded": False,
+            "notify_on_failed": False,
+            "label": "run-0001",
+        }
+        for endpoint, path in ((CFS, CANARY_AT_CFS), (DTN, CANARY_AT_DTN))
+    ]
+    nersc, scicat = stubs[COMPUTE].bodies
+    assert nersc == {
+        "endpoint_id": EP,
+        "tasks": [
+            {
+                "function_id": F_FLIGHT,
+                "args": [],
+                "kwargs": {"checks": ["hsi", "htar", "hpss"], "hpss_dir": "/home/a/als/bl402/raw"},
+            }
+        ],
+    }
+    assert scicat["endpoint_id"] == SCICAT_EP
+    assert scicat["tasks"][0]["kwargs"] == {"checks": ["scicat"]}
+
+
+def test_the_recurring_checks_canary_stays_at_the_source() -> None:
+    stubs = providers()
+    flow_input = json.loads(json.dumps(INPUTS["flight_check"]))
+    flow_input["source"]["delete"] = False
+    outcome = run("flight_check", stubs, flow_input)
+    assert outcome.status == "SUCCEEDED"
+    assert [b["endpoint"] for b in stubs[DELETE].bodies] == [CFS]
+
+
+def test_a_failed_endpoint_check_fails_the_run_after_every_step_ran() -> None:
+    stubs = providers()
+    broken = {"ok": False, "host": "nid001", "checks": [{"name": "hsi", "ok": False}]}
+    stubs[COMPUTE] = StubProvider(
+        compute_result({F_FLIGHT: lambda kw: broken if "hpss_dir" in kw else endpoint_checks(kw)})
+    )
+    outcome = run("flight_check", stubs)
+    assert outcome.status == "FAILED" and outcome.details["state_name"] == "FlightCheckFailed"
+    assert len(stubs[COMPUTE].bodies) == 2 and len(stubs[DELETE].bodies) == 2
+
+
+def test_a_copy_of_the_wrong_size_fails_the_run() -> None:
+    outcome = run("flight_check", providers(stat_size=99))
+    assert outcome.status == "FAILED" and outcome.details["state_name"] == "FlightCheckFailed"
+
+
+# (failing state, its provider, which call of it, where its error is recorded)
+FLIGHT_CATCHES = [
+    ("CopyCanary", TRANSFER, 1, "copy_error"),
+    ("StatCanary", STAT, 1, "stat_error"),
+    ("DeleteCanaryAtCFS", DELETE, 1, "delete_cfs_error"),
+    ("DeleteCanaryAtSource", DELETE, 2, "delete_source_error"),
+    ("CheckNersc", COMPUTE, 1, "nersc_error"),
+    ("CheckScicat", COMPUTE, 2, "scicat_error"),
+]
+
+
+@pytest.mark.parametrize("how", ["failed", "unable"])
+@pytest.mark.parametrize(("state", "url", "nth", "key"), FLIGHT_CATCHES)
+def test_a_flight_step_that_raises_is_recorded_and_the_rest_still_run(
+    state: str, url: str, nth: int, key: str, how: str
+) -> None:
+    """Every step runs, so one run names every problem; the run still ends in a Fail."""
+    stubs = providers()
+    stubs[url] = FailNth(stubs[url], nth, how)
+    outcome = run("flight_check", stubs)
+    assert outcome.status == "FAILED"
+    assert outcome.details["state_name"] == "FlightCheckFailed"
+    error = outcome.output[key]
+    assert error["Error"] == ("ActionFailedException" if how == "failed" else "ActionUnableToRun")
+    assert "stub failure" in error["Cause"] or "endpoint is offline" in error["Cause"]
+    # The steps after the failing one ran all the same.
+    assert len(stubs[TRANSFER].bodies) == 1 and len(stubs[STAT].bodies) == 1
+    assert len(stubs[DELETE].bodies) == 2 and len(stubs[COMPUTE].bodies) == 2

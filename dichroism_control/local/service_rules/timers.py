@@ -6,6 +6,7 @@ are globus-sdk's recorded responses under `globus_sdk/testing/data/timer/`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,14 @@ def callback_url(flow_id: str) -> str:
     return f"https://flows.automate.globus.org/flows/{flow_id}/run"
 
 
+def next_time(start: float, interval: float, now: float) -> float:
+    """A recurring timer's next time after firing at `now`: the first of its schedule
+    (start + k * interval) after now. A timer that could not fire for a while (the service
+    down, the local backend not running) fires once, not once per missed interval."""
+    missed = math.floor((now - start) / interval) + 1
+    return start + max(1, missed) * interval
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
 
@@ -79,9 +88,30 @@ def timer_document(
     last_ran_at: float | None,
     results: Sequence[Mapping[str, Any]],
     inactive_reason: Mapping[str, Any] | None = None,
+    interval_seconds: float | None = None,
+    start: float | None = None,
+    n_runs: int | None = None,
+    n_errors: int | None = None,
 ) -> dict[str, Any]:
-    """A once flow timer as the SDK fixture V2_FLOW_TIMER (timer/_common.py) shows one."""
+    """A flow timer as the SDK fixture V2_FLOW_TIMER (timer/_common.py) shows one. A
+    recurring one (`interval_seconds`) has the schedule of the fixture V2_TRANSFER_TIMER
+    (`{"type": "recurring", "interval_seconds", "start"}`; timers.ts RecurringTimerSchedule),
+    stays "loaded" after each run, and `run_at` is its next time; its counts are kept
+    (`n_runs`, `n_errors`) since only the latest result is held."""
     ran = [r for r in results if r.get("resource_id")]
+    runs = len(ran) if n_runs is None else n_runs
+    errors = len(results) - len(ran) if n_errors is None else n_errors
+    if interval_seconds is not None:
+        first = run_at if start is None else start
+        schedule: dict[str, Any] = {
+            "type": "recurring",
+            "interval_seconds": int(interval_seconds),
+            "start": _iso(first),
+        }
+        stop_after: dict[str, Any] = {"date": None, "n_runs": None}
+    else:
+        schedule = {"type": "once", "datetime": _iso(run_at)}
+        stop_after = {"date": None, "n_runs": 1}
     return {
         "job_id": job_id,
         "name": name,
@@ -89,16 +119,16 @@ def timer_document(
         "flow_id": flow_id,
         "callback_url": callback_url(flow_id),
         "callback_body": flow_start_document(body),
-        "schedule": {"type": "once", "datetime": _iso(run_at)},
-        "start": _iso(run_at),
-        "interval": None,
-        "stop_after": {"date": None, "n_runs": 1},
+        "schedule": schedule,
+        "start": _iso(run_at if start is None else start),
+        "interval": None if interval_seconds is None else int(interval_seconds),
+        "stop_after": stop_after,
         "status": status,
         "inactive_reason": dict(inactive_reason) if inactive_reason else None,
         "submitted_at": _iso(submitted_at),
         "last_ran_at": _iso(last_ran_at),
         "next_run": _iso(run_at) if status in (CREATED, SCHEDULED) else None,
-        "n_runs": len(ran),
-        "n_errors": len(results) - len(ran),
+        "n_runs": runs,
+        "n_errors": errors,
         "results": {"data": [dict(r) for r in results], "page_next": None},
     }
