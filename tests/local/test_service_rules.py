@@ -275,6 +275,44 @@ def test_a_fired_once_timer_has_ended(double: Double) -> None:
     assert timers["later"]["status"] == timer_rules.SCHEDULED and timers["later"]["next_run"]
 
 
+def test_a_recurring_timer_fires_once_per_due_time_and_stays_loaded(double: Double) -> None:
+    """SDK fixture timer/_common.py V2_TRANSFER_TIMER: a recurring schedule is
+    {"type": "recurring", "interval_seconds", "start"}; timers.ts RecurringTimerSchedule.
+    After each run the timer is still scheduled, its next_run one interval on; a due time
+    fires once however often the service looks, and missed intervals fire once, not each."""
+    flow_id = double.add_flow(None)
+    now = time.time() if double.kind == "local" else double.clock.now
+    start = datetime.fromtimestamp(now - 10, UTC).replace(microsecond=0)
+    created = double.backend.create_recurring_flow_timer(
+        name="every hour", interval_seconds=3600, start=start, request=double.request(flow_id)
+    )
+    assert created["status"] == timer_rules.CREATED
+    assert created["schedule"] == {
+        "type": "recurring",
+        "interval_seconds": 3600,
+        "start": start.isoformat(),
+    }
+    (run_id,) = _fire(double)
+    assert _fire(double) == []
+    (timer,) = list(double.backend.iter_timers())
+    assert timer["status"] == timer_rules.SCHEDULED and timer["n_runs"] == 1
+    next_run = datetime.fromisoformat(timer["next_run"]).timestamp()
+    assert next_run == start.timestamp() + 3600
+    assert double.backend.get_run(run_id)["label"] is None
+    with pytest.raises(PermanentBackendError, match="interval_seconds must be > 0"):
+        double.backend.create_recurring_flow_timer(
+            name="never", interval_seconds=0, start=start, request=double.request(flow_id)
+        )
+
+
+def test_a_recurring_timer_that_missed_intervals_fires_once() -> None:
+    """next_time: the first time of the schedule after now (not one run per missed one)."""
+    assert timer_rules.next_time(1000.0, 100.0, 1000.0) == 1100.0
+    assert timer_rules.next_time(1000.0, 100.0, 1099.0) == 1100.0
+    assert timer_rules.next_time(1000.0, 100.0, 1100.0) == 1200.0
+    assert timer_rules.next_time(1000.0, 100.0, 1550.0) == 1600.0
+
+
 def test_a_timer_whose_run_is_refused_ends_with_an_error(double: Double) -> None:
     """A run request Flows refuses (400) starts nothing: the timer records an error
     (timers.ts JobResult.errors; Timers retries only transient errors,
