@@ -160,6 +160,20 @@ def test_preserve_timestamp_gives_the_copy_the_source_mtime(
     assert (copied == old) is preserve
 
 
+def test_a_name_of_255_bytes_is_copied(cols: Collections) -> None:
+    """Issue 9 item 7: the copy's temp name (`.{name}.XXXXXXXX.part`) once overflowed
+    NAME_MAX for a 255-byte name; the name must be copyable like any other."""
+    name = "é" * 126 + "abc"  # 255 bytes in UTF-8
+    assert len(os.fsencode(name)) == 255
+    write(cols.src / "a" / name, b"long name")
+    provider = cols.provider("transfer")
+    body = transfer_body(item={"source_path": f"/a/{name}", "destination_path": f"/b/{name}"})
+    done = finish(provider, provider.run(body, ctx("transfer")))
+    assert done.status == "SUCCEEDED", done.details
+    assert (cols.dst / "b" / name).read_bytes() == b"long name"
+    assert sorted(p.name for p in (cols.dst / "b").iterdir()) == [name]  # no temp left
+
+
 def test_a_past_deadline_is_refused(cols: Collections) -> None:
     """transfer_data.py: deadline, "At the deadline, even if the data transfer is not
     complete, the job will be canceled": one already past cannot be met (refused at

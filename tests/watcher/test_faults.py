@@ -189,3 +189,59 @@ def test_names_that_cannot_be_shipped_are_refused_and_the_rest_goes_on(
     assert "not valid UTF-8" in caplog.text
     assert "a line break in the name" in caplog.text
     assert "the archive and prune flows carry at most 240" in caplog.text
+
+
+def test_a_read_only_state_dir_is_one_line(
+    write_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 9 item 7. The suite runs as root, for whom mode bits do not make a directory
+    read-only, so the two ways it shows are produced directly: the directory cannot be
+    created (EACCES from mkdir), and an existing ledger opens read-only (SQLite's own
+    `mode=ro`, whose writes fail as on a read-only mount)."""
+    import errno
+    import sqlite3
+
+    from dichroism_control import database
+    from dichroism_control.config import load_config
+
+    path = write_config()
+    config = load_config(path)
+    real_mkdir = Path.mkdir
+
+    def denied(self: Path, *args: Any, **kwargs: Any) -> None:
+        if self == config.ledger_path.parent:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "mkdir", denied)
+        code, err = _status(path, capsys)
+    assert code == 2
+    assert err == (
+        f"dichroism: error: {config.ledger_path}: cannot use the state directory"
+        " (Permission denied)\n"
+    )
+
+    Ledger(config.ledger_path).close()
+    real_connect = sqlite3.connect
+
+    def read_only(target: Any, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        return real_connect(f"file:{target}?mode=ro", *args, uri=True, **kwargs)
+
+    monkeypatch.setattr(database.sqlite3, "connect", read_only)
+    # `status` only reads, and reads work; `submit` writes the scan it is given.
+    scan = Path(config.beamline("bl402").watch.root) / "P1" / "scan.h5"
+    scan.parent.mkdir(parents=True, exist_ok=True)
+    scan.write_bytes(b"data")
+    assert _status(path, capsys)[0] == 0
+    from tests.deploy.helpers import run_cli
+
+    code, _, err = run_cli(
+        ["--config", str(path), "--backend", "local", "submit", str(scan), "--beamline", "bl402"],
+        capsys,
+    )
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "attempt to write a readonly database" in err and "read-only?" in err

@@ -5,6 +5,7 @@ replaces the destination."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import queue
 import tempfile
@@ -201,6 +202,17 @@ class ExternalChecksumMismatch(ChecksumMismatch):
     """The source's bytes do not have the checksum the caller was given for them."""
 
 
+# A temp name is `.{name}.{8 random}.part`; a name this long (bytes) would take it past
+# NAME_MAX (255 on Linux filesystems), so such a name is replaced by its digest.
+_TEMP_NAME_MAX = 200
+
+
+def _temp_prefix(name: str) -> str:
+    if len(os.fsencode(name)) <= _TEMP_NAME_MAX:
+        return f".{name}."
+    return f".{hashlib.sha1(os.fsencode(name)).hexdigest()}."
+
+
 def copy_file(
     src: Path,
     dst: Path,
@@ -221,7 +233,7 @@ def copy_file(
     """
     new_hasher(algorithm)  # an unknown algorithm fails before anything is written
     dst.parent.mkdir(parents=True, exist_ok=True)
-    fd_dst, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    fd_dst, tmp = tempfile.mkstemp(dir=dst.parent, prefix=_temp_prefix(dst.name), suffix=".part")
     try:
         fd_src = os.open(src, os.O_RDONLY)
         try:
