@@ -373,18 +373,7 @@ class GlobusBackend:
         if run_at.tzinfo is None:
             # OnceTimerSchedule reads a naive datetime as local time (GLOBUS_NOTES).
             raise ValueError("run_at must be timezone-aware")
-        if request.flow_id not in self._timer_flow_ids:
-            raise BackendError(
-                f"flow {request.flow_id} was not declared for timers when the backend was built"
-            )
-        timer = globus_sdk.FlowTimer(
-            flow_id=request.flow_id,
-            name=name,
-            schedule=globus_sdk.OnceTimerSchedule(datetime=run_at),
-            body=request.timer_body(),
-        )
-        data = dict(self.timers.create_timer(timer).data)
-        return dict(data.get("timer", data))
+        return self._create_timer(name, globus_sdk.OnceTimerSchedule(datetime=run_at), request)
 
     @translate_errors
     def create_recurring_flow_timer(
@@ -394,17 +383,21 @@ class GlobusBackend:
 
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
+        schedule = globus_sdk.RecurringTimerSchedule(
+            interval_seconds=int(interval_seconds), start=start
+        )
+        return self._create_timer(name, schedule, request)
+
+    def _create_timer(self, name: str, schedule: Any, request: RunRequest) -> dict[str, Any]:
+        """A flow timer whose run starts from the request's FlowStartDocument."""
+        import globus_sdk
+
         if request.flow_id not in self._timer_flow_ids:
             raise BackendError(
                 f"flow {request.flow_id} was not declared for timers when the backend was built"
             )
         timer = globus_sdk.FlowTimer(
-            flow_id=request.flow_id,
-            name=name,
-            schedule=globus_sdk.RecurringTimerSchedule(
-                interval_seconds=int(interval_seconds), start=start
-            ),
-            body=request.timer_body(),
+            flow_id=request.flow_id, name=name, schedule=schedule, body=request.timer_body()
         )
         data = dict(self.timers.create_timer(timer).data)
         return dict(data.get("timer", data))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import responses
 import yaml
 
 from dichroism_control.config import Config, load_config
@@ -101,3 +102,13 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def config(write_config: Callable[..., Path]) -> Config:
     return load_config(write_config())
+
+
+@pytest.fixture
+def mocked_http() -> Iterator[responses.RequestsMock]:
+    """HTTP mocked for a test: the module-level `responses` mock, which is where
+    globus_sdk.testing's RegisteredResponse.add() and load_response register."""
+    from tests.deploy.helpers import started_mock
+
+    with started_mock() as mock:
+        yield mock

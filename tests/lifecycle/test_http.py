@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -34,16 +33,7 @@ from tests.lifecycle.conftest import (
     checksum_of,
 )
 
-
-@pytest.fixture(autouse=True)
-def mocked_http() -> Iterator[None]:
-    # globus_sdk.testing registers on responses' default mock.
-    responses.start()
-    try:
-        yield
-    finally:
-        responses.stop()
-        responses.reset()
+pytestmark = pytest.mark.usefixtures("mocked_http")
 
 
 def globus_backend() -> GlobusBackend:

@@ -10,7 +10,7 @@ any limits on using the file transfer service?").
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,21 +126,11 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.fixture
-def mocked() -> Iterator[None]:
-    responses.start()
-    try:
-        yield
-    finally:
-        responses.stop()
-        responses.reset()
-
-
-def test_run_starts_never_exceed_the_configured_rate_on_the_wire(mocked: None) -> None:
+def test_run_starts_never_exceed_the_configured_rate_on_the_wire(mocked_http: None) -> None:
     """45 run_flow calls at once: the POSTs to `/flows/{id}/run` (the SDK's `flows.run_flow`
     fixture answers them) are spaced so that no second holds more than the rate; Transfer
     meters about 20 requests/s per user (docs.globus.org/faq/transfer-sharing)."""
-    del mocked
+    del mocked_http
     case = get_response_set("flows.run_flow").lookup("default")
     flow_id = (
         case.metadata["flow_id"]

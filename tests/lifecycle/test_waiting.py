@@ -4,11 +4,8 @@ counts them as progress."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import responses
 from globus_sdk.testing import RegisteredResponse, get_response_set
 
 from dichroism_control.ledger import WaitingRun
@@ -99,16 +96,6 @@ def test_inactive_archive_and_prune_runs_are_recorded_with_their_subjects(world:
     (scan,) = world.scans()
     assert scan["state"] == "archive_submitted" and scan["dtn_pruned_at"] is None
     assert batch["state"] == "scheduled"
-
-
-@pytest.fixture
-def mocked_http() -> Iterator[None]:
-    responses.start()
-    try:
-        yield
-    finally:
-        responses.stop()
-        responses.reset()
 
 
 def test_an_inactive_run_from_the_flows_listing(world: World, mocked_http: None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -94,18 +93,8 @@ def test_cancelling_an_archive_run_fails_its_group_without_a_new_run(ops: Ops) -
     assert ops.scan("P1/a.h5")["state"] == "failed"
 
 
-@pytest.fixture
-def http() -> Iterator[None]:
-    responses.start()
-    try:
-        yield
-    finally:
-        responses.stop()
-        responses.reset()
-
-
 def test_cancel_through_globus_sends_exactly_the_flows_calls(
-    ops: Ops, http: None, monkeypatch: pytest.MonkeyPatch
+    ops: Ops, mocked_http: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """GET /runs/{id} (is it finished?), then POST /runs/{id}/cancel (SDK fixture)."""
     fixture = load_response("flows.cancel_run")

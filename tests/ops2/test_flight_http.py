@@ -4,7 +4,6 @@ the recurring timer the lifecycle creates, and the run `dichroism check` starts 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,7 @@ from tests.lifecycle.conftest import FLOWS, FUNCTIONS, T0, Clock
 FLIGHT_FUNCTION = "5f1e0000-0000-4000-8000-0000000fc009"
 
 
-@pytest.fixture(autouse=True)
-def mocked() -> Iterator[None]:
-    responses.start()
-    try:
-        yield
-    finally:
-        responses.stop()
-        responses.reset()
+pytestmark = pytest.mark.usefixtures("mocked_http")
 
 
 def _backend(flight_flow: str) -> GlobusBackend:

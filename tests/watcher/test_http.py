@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,6 @@ from tests.watcher.conftest import FLOW_ID, Clock, write_file
 FLOW_SCOPE = f"https://auth.globus.org/scopes/{FLOW_ID}/flow_{FLOW_ID.replace('-', '_')}_user"
 
 
-@pytest.fixture
-def mocked() -> Iterator[None]:
-    # The SDK's RegisteredResponse.add() registers on the default `responses` mock.
-    responses.start()
-    try:
-        yield
-    finally:
-        responses.stop()
-        responses.reset()
-
-
 def _token(resource_server: str, scope: str) -> None:
     RegisteredResponse(
         service="auth",
@@ -53,8 +42,8 @@ def _token(resource_server: str, scope: str) -> None:
 
 
 @pytest.fixture
-def backend(mocked: None, tmp_path: Path) -> GlobusBackend:
-    del mocked
+def backend(mocked_http: None, tmp_path: Path) -> GlobusBackend:
+    del mocked_http
     app = globus_sdk.ClientApp(
         "dichroism-tests",
         client_id="7d7d7d7d-0000-4000-8000-000000000001",
