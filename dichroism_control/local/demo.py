@@ -247,7 +247,7 @@ def _describe(
             lines.append(f"archive_submitted: archive run {group['run_id']}")
     if state in ("archived", "pruned") and was not in ("archived", "pruned"):
         group = _group(ledger, row)
-        tape = _tape_location(backend, group, scan_route.rel)
+        tape = _tape_location(row)
         archive_run = f" (archive run {group['run_id']})" if group is not None else ""
         lines.append(f"archived on fake HPSS tape: {tape}{archive_run}")
     if (previous is None or not previous[1]) and row["dtn_pruned_at"] is not None:
@@ -288,20 +288,13 @@ def _prune_run(ledger: Ledger, batch: str | None) -> str:
     return f"timer {rows[0]['timer_id']} -> prune run {rows[0]['run_id']}"
 
 
-def _tape_location(backend: LocalBackend, group: Any, rel: str) -> str:
-    if group is None or not group["run_id"]:
+def _tape_location(row: Any) -> str:
+    """Where the lifecycle recorded this version on tape (an archive and its member, or a
+    single file), from the archive run's result."""
+    if not row["tape_path"]:
         return "?"
-    try:
-        run = backend.get_run(group["run_id"])
-    except BackendError:
-        return "?"
-    output = (run.get("details") or {}).get("output") or {}
-    result = ((output.get("archive") or {}).get("details") or {}).get("result") or [{}]
-    for item in (result[0] or {}).get("manifest") or []:
-        if item.get("path") == rel:
-            member = f" member {item['member']}" if item.get("member") else ""
-            return f"{item.get('tape_path')}{member}"
-    return "?"
+    member = f" member {row['tape_member']}" if row["tape_member"] else " (single file)"
+    return f"{row['tape_path']}{member}"
 
 
 def _result(
