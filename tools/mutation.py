@@ -19,8 +19,11 @@ real run would notice). Everything else is counted as surviving, "no tests" incl
 from __future__ import annotations
 
 import argparse
+import ast
+import difflib
 import fnmatch
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -134,42 +137,155 @@ def report(patterns: list[str], *, diffs: bool, seconds: float | None) -> int:
     if not found:
         print("no mutants in scope: run without --report first", file=sys.stderr)
         return 2
+    # A surviving mutant that is equivalent by one of the two case rules (see `equivalent`)
+    # cannot be killed by any test: it leaves the denominator, listed with its rule.
+    rules = {
+        name: rule
+        for name, state in found.items()
+        if state == "survived" and (rule := equivalent(name)) is not None
+    }
+    for name in rules:
+        found[name] = "equivalent"
     by_module: dict[str, Counter[str]] = {}
     for name, state in found.items():
         by_module.setdefault(module_of(name), Counter())[state] += 1
-    print(f"\n{'module':45} {'total':>6} {'killed':>7} {'timeout':>8} {'survived':>9}")
+    head = ("total", "killed", "timeout", "equiv", "left")
+    print(f"\n{'module':40}" + "".join(f"{h:>8}" for h in head))
     for module, counts in sorted(by_module.items()):
         total = sum(counts.values())
-        others = total - counts["killed"] - counts["timeout"]
-        print(f"{module:45} {total:6} {counts['killed']:7} {counts['timeout']:8} {others:9}")
+        left = total - counts["killed"] - counts["timeout"] - counts["equivalent"]
+        row = (total, counts["killed"], counts["timeout"], counts["equivalent"], left)
+        print(f"{module:40}" + "".join(f"{n:8}" for n in row))
     totals = Counter(found.values())
     total = len(found)
     killed = totals["killed"] + totals["timeout"]
+    counted = total - totals["equivalent"]
     print(
         f"\nmutants {total}: killed {totals['killed']}, timeouts {totals['timeout']},"
-        f" survived {totals['survived']}, no tests {totals['no tests']},"
-        f" not checked {totals['not checked']}"
-        f"\nkill ratio {killed}/{total} = {100.0 * killed / total:.1f} %"
+        f" equivalent by rule {totals['equivalent']}, survived {totals['survived']},"
+        f" no tests {totals['no tests']}, not checked {totals['not checked']}"
+        f"\nkill ratio {killed}/{counted} = {100.0 * killed / max(counted, 1):.1f} %"
+        f" (of the mutants that are not equivalent by rule;"
+        f" {100.0 * killed / total:.1f} % of all)"
         + (f"\nwall time {seconds / 60:.1f} min" if seconds is not None else "")
     )
-    left = sorted(n for n, s in found.items() if s not in ("killed", "timeout"))
+    left = sorted(n for n, s in found.items() if s not in ("killed", "timeout", "equivalent"))
     if left:
         print(f"\nnot killed ({len(left)}):")
     for name in left:
         print(f"  {found[name]:12} {name}")
         if diffs:
-            shown = subprocess.run(
-                [sys.executable, "-m", "mutmut", "show", name],
-                cwd=REPO,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            body = [ln for ln in shown.stdout.splitlines() if ln.startswith(("+", "-"))]
-            for line in body:
-                if not line.startswith(("+++", "---")):
-                    print(f"      {line.strip()[:150]}")
+            for line in mutant_diff(name):
+                print(f"      {line[:150]}")
+    if rules:
+        print(f"\nequivalent by rule ({len(rules)}):")
+        for rule, count in sorted(Counter(rules.values()).items()):
+            print(f"  {count:4} {rule}")
+        if diffs:
+            for name in sorted(rules):
+                print(f"  {name}: {' / '.join(mutant_diff(name))[:140]}")
     return 0
+
+
+_PARSED: dict[Path, tuple[list[str], dict[str, ast.FunctionDef | ast.AsyncFunctionDef]]] = {}
+
+# Names bound to sqlite3.Row in the ledger code: a Row's keys are matched case-insensitively
+# (Python docs, sqlite3.Row), so `member["ID"]` is `member["id"]`.
+ROW_NAMES = {
+    "dichroism_control.lifecycle.prune": {"m", "member", "r", "row"},
+    "dichroism_control.lifecycle.prune_runs": {"member", "row"},
+    "dichroism_control.lifecycle.batches": {"batch", "member"},
+    "dichroism_control.versions": {"latest", "old", "row"},
+}
+SQL_CALLS = {"execute", "executemany", "query"}
+
+
+def _parsed(path: Path) -> tuple[list[str], dict[str, ast.FunctionDef | ast.AsyncFunctionDef]]:
+    """Lines and every function/method of a mutated file (mutants/...), parsed once."""
+    if path not in _PARSED:
+        text = path.read_text()
+        found: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                found[node.name] = node
+        _PARSED[path] = (text.splitlines(), found)
+    return _PARSED[path]
+
+
+def _pair(name: str) -> tuple[str, list[str], ast.AST | None, ast.AST | None]:
+    module, _, function = name.rpartition(".")
+    lines, functions = _parsed(REPO / "mutants" / (module.replace(".", "/") + ".py"))
+    original = functions.get(function.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+    return module, lines, original, functions.get(function)
+
+
+def _source(lines: list[str], node: ast.AST | None) -> list[str]:
+    if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return []
+    return [ln.strip() for ln in lines[node.lineno : node.end_lineno or node.lineno]]
+
+
+def mutant_diff(name: str) -> list[str]:
+    """The lines a mutant changes, as -/+ pairs (what `mutmut show` prints, but from one
+    parse of each mutated file instead of one process per survivor)."""
+    _, lines, original, mutated = _pair(name)
+    return [
+        line
+        for line in difflib.unified_diff(
+            _source(lines, original), _source(lines, mutated), lineterm="", n=0
+        )
+        if line.startswith(("-", "+")) and not line.startswith(("---", "+++"))
+    ]
+
+
+def equivalent(name: str) -> str | None:
+    """Why a mutant is equivalent by construction, or None. Two rules, both about letter
+    case only, and both checked on the syntax tree (not on text):
+
+    - SQL text (the first argument of execute/executemany/query) whose case changed but
+      whose quoted '...' values did not: SQLite keywords and identifiers ignore case;
+    - a string key subscripting a sqlite3.Row (ROW_NAMES) whose case changed.
+    """
+    module, _, original, mutated = _pair(name)
+    if original is None or mutated is None:
+        return None
+    before, after = list(ast.walk(original)), list(ast.walk(mutated))
+    if len(before) != len(after):
+        return None
+    changed = [
+        (a, b)
+        for a, b in zip(before, after, strict=True)
+        if isinstance(a, ast.Constant) and isinstance(b, ast.Constant) and a.value != b.value
+    ]
+    if len(changed) != 1:
+        return None
+    a, b = changed[0]
+    if not (isinstance(a.value, str) and isinstance(b.value, str)):
+        return None
+    if a.value.lower() != b.value.lower():
+        return None
+    parents = {child: node for node in before for child in ast.iter_child_nodes(node)}
+    parent = parents.get(a)
+    if (
+        isinstance(parent, ast.Subscript)
+        and parent.slice is a
+        and isinstance(parent.value, ast.Name)
+        and parent.value.id in ROW_NAMES.get(module, set())
+    ):
+        return "sqlite3.Row key case (Row keys ignore case)"
+    node: ast.AST | None = a
+    while node is not None and not isinstance(node, ast.Call):
+        node = parents.get(node)
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in SQL_CALLS
+        and node.args
+        and any(n is a for n in ast.walk(node.args[0]))
+        and re.findall(r"'[^']*'", a.value) == re.findall(r"'[^']*'", b.value)
+    ):
+        return "SQL keyword/identifier case (SQLite ignores it; quoted values unchanged)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
