@@ -38,7 +38,7 @@ COPIED_FILES = ["pyproject.toml", "config.yml"]
 TESTS = ["tests/e2e/test_flows.py", "tests/local/test_flow_definitions.py"]
 # The e2e module also runs new_file and archive flows; only the prune ones matter here.
 SELECT = "prune or test_flow_definitions"
-PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-o", "addopts=", "-p", "no:cacheprovider"]
 
 Doc = dict[str, Any]
 
