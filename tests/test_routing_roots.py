@@ -161,3 +161,22 @@ def test_a_watch_root_reached_through_a_symlink(
     found = route(config, f"{link}/a.h5")
     assert found.rel == "a.h5"
     assert found.real_path == f"{real}/a.h5"
+
+
+@pytest.mark.parametrize("name", ["spoolX", "spool "], ids=["ends-in-X", "ends-in-space"])
+def test_a_watch_root_is_taken_as_named(
+    write_config: Callable[..., Path], tmp_path: Path, name: str
+) -> None:
+    """Only a trailing '/' is trimmed from a root: a root whose name ends in another
+    character (a letter, even a space) keeps it, and files below it are inside it."""
+    root = tmp_path / "data" / name
+
+    def mutate(data: dict[str, Any]) -> None:
+        data["beamlines"]["bl402"]["watch"]["root"] = str(root)
+
+    config = load_config(write_config(mutate))
+    (root / "P1").mkdir(parents=True, exist_ok=True)
+    (root / "P1" / "a.h5").write_bytes(b"x")
+    assert beamline_for(config, f"{root}/P1/a.h5") == "bl402"
+    found = route(config, f"{root}/P1/a.h5")
+    assert (found.rel, found.real_path) == ("P1/a.h5", f"{root}/P1/a.h5")

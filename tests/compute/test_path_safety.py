@@ -88,6 +88,7 @@ def test_abs_root_normalises_and_refuses(m: ModuleType) -> None:
         ("/cfs/raw", "/cfs/raw", False),
         ("/cfs/raw_old/a", "/cfs/raw", False),
         ("/a", "/", True),
+        ("/data/X/a", "/data/X", True),  # only slashes are trimmed from a root
     ],
 )
 def test_inside(m: ModuleType, path: str, root: str, inside: bool) -> None:
@@ -420,3 +421,15 @@ def test_local_copy_details_stay_short(
     reason, detail, _ = m._local_copy(str(tree), str(tree), "P1/a.h5", 1, md5(b"x"))
     assert (reason, len(detail)) == ("unreadable", 120)
     assert detail.startswith("read failed: I/O error eee")
+
+
+def test_cfs_verify_refuses_a_safe_root_that_is_not_here(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError) as info:
+        cfs_module.cfs_verify(
+            target_root="/data/bl402",
+            safe_root=str(tmp_path / "none"),
+            files=[{"path": "P1/a.h5", "size": 1, "checksum": MD5_X, "version": 1}],
+        )
+    assert str(info.value) == (
+        f"safe_root {tmp_path}/none is not a directory here; nothing was checked"
+    )
