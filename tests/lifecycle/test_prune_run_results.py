@@ -239,3 +239,69 @@ def test_a_file_kept_twice_gets_a_third_batch_key(make_world: Any) -> None:
         (run_id,) = world.fire_timers()
         run = world.backend.runs[run_id]
     assert [b["batch"][-2:] for b in world.batches()] == ["28", "#2", "#3"]
+
+
+def _two_batches_due(make_world: Any, rels: tuple[str, str] = ("P1/a.h5", "P1/a.h5")) -> World:
+    """A world where the next pass forms one compute-dtn batch per beamline."""
+    world = make_world(_slow_archive)
+    world.finish(world.submitted([("bl402", rels[0], 1), ("bl631", rels[1], 1)]))
+    world.lifecycle().run_once()
+    world.clock.now += 86400
+    return world
+
+
+def _refuse_timers(world: World, attempts: list[str]) -> None:
+    from dichroism_control.errors import BackendError
+
+    def refuse(*, name: str, **_: Any) -> Any:
+        attempts.append(name)
+        raise BackendError("Timers unavailable")
+
+    world.backend.create_flow_timer = refuse  # type: ignore[method-assign]
+
+
+def test_a_refused_timer_stops_the_pass_and_is_created_next_pass(make_world: Any) -> None:
+    """The batch stays 'scheduling' with the error shown; no other timer is tried in that
+    pass (the service is in trouble); the next pass creates both."""
+    world = _two_batches_due(make_world)
+    attempts: list[str] = []
+    real = world.backend.create_flow_timer
+    _refuse_timers(world, attempts)
+    summary = world.lifecycle().run_once()
+    assert len(attempts) == 1
+    assert f"timer {attempts[0]}: Timers unavailable" in summary["errors"]
+    rows = {b["label"]: b for b in world.batches()}
+    assert rows[attempts[0]]["state"] == "scheduling"
+    assert rows[attempts[0]]["last_error"] == "Timers unavailable"
+    world.backend.create_flow_timer = real  # type: ignore[method-assign]
+    summary = world.lifecycle().run_once()
+    assert summary["prune_timers_scheduled"] == 2
+    assert [b["state"] for b in world.batches()] == ["scheduled", "scheduled"]
+
+
+def test_a_batch_left_without_members_is_cancelled(make_world: Any) -> None:
+    world = _two_batches_due(make_world)
+    attempts: list[str] = []
+    real = world.backend.create_flow_timer
+    _refuse_timers(world, attempts)
+    world.lifecycle().run_once()
+    world.backend.create_flow_timer = real  # type: ignore[method-assign]
+    emptied = next(b for b in world.batches() if b["beamline"] == "bl402")
+    world.ledger.execute("UPDATE scans SET dtn_prune_batch = NULL WHERE beamline = 'bl402'")
+    world.lifecycle().run_once()
+    rows = {b["batch"]: b for b in world.batches()}
+    assert (rows[emptied["batch"]]["state"], rows[emptied["batch"]]["last_error"]) == (
+        "cancelled",
+        "no member scans",
+    )
+    # the pass went on: the other beamline's batch, and the scans' new batch, are scheduled
+    others = [b["state"] for key, b in rows.items() if key != emptied["batch"]]
+    assert others == ["scheduled", "scheduled"]
+
+
+def test_invalid_prune_bodies_fail_their_batches_and_the_pass_goes_on(make_world: Any) -> None:
+    world = _two_batches_due(make_world, ("P1/../../etc/passwd", "P1/../../etc/shadow"))
+    summary = world.lifecycle().run_once()
+    assert summary["prune_failed"] == 2
+    assert [b["state"] for b in world.batches()] == ["failed", "failed"]
+    assert world.backend.timer_requests == []
