@@ -119,3 +119,18 @@ def test_identify_reports_a_read_error(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(identity_module.os, "fdopen", failing_fdopen)
     with pytest.raises(IdentityError, match=r"cannot read \(Input/output error\)$"):
         identify(str(path))
+
+
+def test_times_are_utc_whatever_the_hosts_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A beamline host set to Pacific time still reports Transfer's UTC strings: a local
+    time would make every prune see a changed mtime (or, worse, a matching one by chance)."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    try:
+        assert transfer_time(1_772_280_000_000_000_000) == "2026-02-28 12:00:00+00:00"
+        assert iso_utc(1_772_280_000.0) == "2026-02-28T12:00:00+00:00"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
