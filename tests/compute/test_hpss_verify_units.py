@@ -36,6 +36,7 @@ def test_single_path_of_each_version() -> None:
     assert _single_path("/hpss/raw/", "P1/a.h5", 1) == "/hpss/raw/P1/a.h5"
     assert _single_path("/hpss/raw", "P1/a.h5", 2) == "/hpss/raw/P1/a.h5@v2"
     assert _single_path("/hpss/raw", "a.h5", 13) == "/hpss/raw/a.h5@v13"
+    assert _single_path("/hpss/X", "a.h5", 1) == "/hpss/X/a.h5"  # only '/' is trimmed
 
 
 def test_archive_paths_normalised_and_refused() -> None:
@@ -53,6 +54,15 @@ def test_archive_paths_normalised_and_refused() -> None:
     )
 
 
+def test_archive_paths_with_dot_dot_are_refused_even_inside() -> None:
+    """`..` is refused as such, even where the normalised path would stay inside."""
+    inside = f"{HPSS_DIR}/P1/../P2/x.tar"
+    long = f"{HPSS_DIR}/../" + "q" * 250
+    with pytest.raises(RuntimeError) as info:
+        _archive_paths([inside, long], HPSS_DIR)
+    assert str(info.value).endswith(f"#0 {inside!r}, #1 {long[:200]!r}")
+
+
 def test_archive_paths_refusal_names_twenty_and_counts_the_rest() -> None:
     bad = [f"/elsewhere/{i:02d}.tar" for i in range(23)]
     with pytest.raises(RuntimeError) as info:
@@ -63,6 +73,9 @@ def test_archive_paths_refusal_names_twenty_and_counts_the_rest() -> None:
     with pytest.raises(RuntimeError) as info:
         _archive_paths(bad[:20], HPSS_DIR)
     assert str(info.value).endswith("'/elsewhere/19.tar'")
+    with pytest.raises(RuntimeError) as info:
+        _archive_paths(bad[:21], HPSS_DIR)
+    assert str(info.value).endswith("'/elsewhere/19.tar' ... and 1 more")
 
 
 def test_missing_recognises_both_spellings() -> None:

@@ -88,7 +88,8 @@ def test_abs_root_normalises_and_refuses(m: ModuleType) -> None:
         ("/cfs/raw", "/cfs/raw", False),
         ("/cfs/raw_old/a", "/cfs/raw", False),
         ("/a", "/", True),
-        ("/data/X/a", "/data/X", True),  # only slashes are trimmed from a root
+        ("/data/X/a", "/data/X", True),
+        ("/data/a", "/data/X", False),  # only slashes are trimmed from a root
     ],
 )
 def test_inside(m: ModuleType, path: str, root: str, inside: bool) -> None:
@@ -310,6 +311,10 @@ def test_open_below_denied_directory(
 ) -> None:
     failing["open:" + "P1"] = PermissionError(errno.EACCES, "Permission denied")
     assert refused(m, tree, ["P1", "a.h5"]) == ("unreadable", "'P1': Permission denied")
+    long = "p" * 70
+    (tree / long).mkdir()
+    failing["open:" + long] = PermissionError(errno.EACCES, "Permission denied")
+    assert refused(m, tree, [long, "a.h5"]) == ("unreadable", f"{long[:60]!r}: Permission denied")
 
 
 def test_open_below_denied_stat(m: ModuleType, tree: Path, failing: dict[str, OSError]) -> None:
@@ -433,3 +438,18 @@ def test_cfs_verify_refuses_a_safe_root_that_is_not_here(tmp_path: Path) -> None
     assert str(info.value) == (
         f"safe_root {tmp_path}/none is not a directory here; nothing was checked"
     )
+
+
+def test_local_copy_opens_component_by_component(
+    m: ModuleType, tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory swapped for a symlink after realpath() ran (simulated: realpath that does
+    not resolve) is refused, even though the bytes behind it are the expected ones: each
+    component is opened on its own, without following links."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.h5").write_bytes(b"x")
+    (tree / "P2").symlink_to(outside, target_is_directory=True)
+    monkeypatch.setattr(os.path, "realpath", lambda p, **_: os.path.abspath(p))
+    reason, detail, _ = m._local_copy(str(tree), str(tree), "P2/a.h5", 1, md5(b"x"))
+    assert (reason, detail) == ("outside_root", "'P2' became a symlink")
