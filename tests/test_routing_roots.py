@@ -47,14 +47,14 @@ def test_source_root_below_a_collection_root_path(
 
     def mutate(data: dict[str, Any]) -> None:
         data["globus"]["endpoints"]["bl402-compute-dtn"]["root_path"] = "/data/"
-        data["beamlines"]["bl402"]["source_root"] = "/bl402/raw/"
+        data["beamlines"]["bl402"]["source_root"] = "/Xbl402/raw/"
         data["beamlines"]["bl402"]["hpss_root"] = "/home/a/alsdev/"
 
     config = load_config(write_config(mutate))
-    assert source_root_path(config, "bl402") == "/data/bl402/raw"
+    assert source_root_path(config, "bl402") == "/data/Xbl402/raw"
     assert hpss_directory(config, "bl402") == "/home/a/alsdev/bl402/raw"
     found = route(config, f"{tmp_path}/data/bl402/P1/a.h5")
-    assert found.source_path == "/data/bl402/raw/P1/a.h5"
+    assert found.source_path == "/data/Xbl402/raw/P1/a.h5"
 
 
 def test_route_of_a_scan(config: Config, tmp_path: Path) -> None:
@@ -71,6 +71,7 @@ def test_route_of_a_scan(config: Config, tmp_path: Path) -> None:
     assert found.destination_path == f"{tmp_path}/cfs/4.0.2/raw/P1/scan_001.h5"
     assert found.destination_root == f"{tmp_path}/cfs/4.0.2/raw"
     assert found.real_path == str(path)
+    assert found.proposal == "P1"  # proposal_depth 1: the first directory
 
 
 def test_a_sibling_root_sharing_the_prefix_is_not_the_beamline(
@@ -78,8 +79,12 @@ def test_a_sibling_root_sharing_the_prefix_is_not_the_beamline(
 ) -> None:
     """`.../bl402_old/x` starts with the characters of `.../bl402` but is not inside it."""
     sibling = f"{tmp_path}/data/bl402_old/P1/a.h5"
-    with pytest.raises(RouteError, match=r"not inside any beamline's watch root \(bl402: "):
+    with pytest.raises(RouteError) as info:
         beamline_for(config, sibling)
+    assert str(info.value) == (
+        f"{sibling}: not inside any beamline's watch root"
+        f" (bl402: {tmp_path}/data/bl402, bl631: {tmp_path}/data/bl631)"
+    )
     with pytest.raises(RouteError, match=r"outside the watch root of bl402 \("):
         route(config, sibling, beamline="bl402")
     assert beamline_for(config, f"{tmp_path}/data/bl631/P1/a.h5") == "bl631"

@@ -241,3 +241,23 @@ def test_stale_paths_in_chunks_beyond_the_sql_limit(ledger: Ledger) -> None:
     stats["/data/bl402/f1202"] = (0, 0, 0)
     stats["/data/bl402/f0500"] = (0, 0, 0)
     assert stale_paths(ledger, stats) == {"/data/bl402/f1202", "/data/bl402/f0500"}
+
+
+def test_counts_add_up_over_several_files(ledger: Ledger) -> None:
+    """Each outcome is counted once per file, over a batch of files recorded together."""
+
+    def at(path: str, md5: str = MD5_A, inode: int = 7) -> Seen:
+        return Seen("bl402", path, path.rsplit("/", 1)[-1], Identity(10, 5, inode, md5))
+
+    paths = [f"/data/bl402/f{i}" for i in range(8)]
+    record(ledger, [at(p) for p in paths], now=NOW)
+    ledger.execute("UPDATE scans SET checksum = NULL WHERE path IN (?, ?)", tuple(paths[6:]))
+    batch = [
+        *(at(p) for p in paths[0:2]),  # unchanged
+        *(at(p, inode=9) for p in paths[2:4]),  # touched
+        *(at(p, MD5_B) for p in paths[4:6]),  # new versions
+        *(at(p) for p in paths[6:8]),  # legacy rows adopted
+    ]
+    result = record(ledger, batch, now=NOW + 1)
+    assert (result.unchanged, result.touched, result.new_versions, result.adopted) == (2, 2, 2, 2)
+    assert len(result.new_ids) == 2

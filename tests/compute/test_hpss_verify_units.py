@@ -307,3 +307,36 @@ def test_a_target_root_that_is_not_here_is_refused(tmp_path: Path) -> None:
             archives=[],
         )
     assert str(info.value) == f"target_root {tmp_path}/none is not a directory here"
+
+
+def test_sessions_ask_the_tools_as_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hsi -q ls -l <dir>` and `htar -tvf <archive>`, and a failure reported only on stdout
+    is still named."""
+    calls: list[list[str]] = []
+
+    def run(self: _Sessions, argv: list[str], cwd: str | None = None) -> tuple[int, str, str]:
+        calls.append(argv)
+        return 1, "HPSS_EIO on stdout", ""
+
+    monkeypatch.setattr(_Sessions, "run", run)
+    monkeypatch.setattr(hpss_module, "_tool", lambda name: name)
+    with pytest.raises(RuntimeError) as info:
+        _Sessions(1, 30).hsi_list("/d")
+    assert str(info.value) == "hsi ls -l /d failed with exit code 1; stderr: HPSS_EIO on stdout"
+    with pytest.raises(RuntimeError) as info:
+        _Sessions(1, 30).htar_list("/t.tar")
+    assert str(info.value) == (
+        "htar -tvf /t.tar failed with exit code 1; stderr: HPSS_EIO on stdout"
+    )
+    assert calls == [["hsi", "-q", "ls", "-l", "/d"], ["htar", "-tvf", "/t.tar"]]
+
+
+def test_a_member_missing_from_its_archive_is_named(
+    cfs: Cfs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tar = f"{HPSS_DIR}/P1/x.tar"
+    canned(monkeypatch, {f"htar {tar}": (0, TVF.format(size=10, name="P1/other.h5"), "")})
+    result = verify(cfs, [{**cfs.write("P1/a.h5", 10), "archive": 0}], [tar])
+    assert result["kept"] == [
+        {"i": 0, "reason": "not_on_tape", "detail": f"nothing at {tar}:P1/a.h5"}
+    ]

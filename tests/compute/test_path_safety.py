@@ -151,6 +151,7 @@ def test_items_refusal_texts(m: ModuleType) -> None:
         "2 of 2 file(s) refused (nothing was checked): #0: not an object; #1: not an object"
     )
     bad = {"path": "/abs", "size": -1, "checksum": "A" * 32, "version": 0}
+    assert refusal(m, [bad, GOOD, bad]).startswith("2 of 3 file(s) refused")
     assert refusal(m, [GOOD, bad]) == (
         "1 of 2 file(s) refused (nothing was checked): #1 '/abs': path outside root"
         " (absolute, '..', empty, NUL or newline), size -1 is not an integer >= 0, checksum"

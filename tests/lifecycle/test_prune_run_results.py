@@ -305,3 +305,41 @@ def test_invalid_prune_bodies_fail_their_batches_and_the_pass_goes_on(make_world
     assert summary["prune_failed"] == 2
     assert [b["state"] for b in world.batches()] == ["failed", "failed"]
     assert world.backend.timer_requests == []
+
+
+def test_changed_targets_become_new_versions_of_their_beamline(make_world: Any) -> None:
+    world = make_world(_slow_archive)
+    _transferred(world, TWO)
+    root = Path(world.config.beamlines["bl402"].watch.root)
+    for rel in TWO:
+        (root / rel).write_bytes(b"new content of " + rel.encode())
+    run = _fire_dtn_prune(world)
+    world.finish([run["run_id"]], **prune_output(safe=[0, 1], delete=[], changed=[0, 1]))
+    summary = world.lifecycle().run_once()
+    assert summary["kept_new_version"] == 2
+    for rel in TWO:
+        new = _scan(world, rel, 2)
+        assert (new["beamline"], new["rel"], new["path"]) == ("bl402", rel, str(root / rel))
+
+
+def test_a_batch_with_nothing_kept_shows_no_error(make_world: Any) -> None:
+    world = make_world(_slow_archive)
+    _transferred(world, TWO)
+    run = _fire_dtn_prune(world)
+    world.finish([run["run_id"]], **prune_output(safe=[0, 1], delete=[0, 1]))
+    world.lifecycle().run_once()
+    (batch,) = world.batches()
+    assert (batch["state"], batch["kept"], batch["last_error"]) == ("succeeded", 0, None)
+
+
+def test_an_index_outside_the_batch_is_ignored(make_world: Any) -> None:
+    """A run reporting index 2 of a 2-file batch (a flow bug) marks nothing it cannot
+    place, and every real member is still accounted for."""
+    world = make_world(_slow_archive)
+    _transferred(world, TWO)
+    run = _fire_dtn_prune(world)
+    world.finish([run["run_id"]], **prune_output(safe=[0, 2], delete=[0, 2]))
+    world.lifecycle().run_once()
+    a, b = _scan(world, TWO[0]), _scan(world, TWO[1])
+    assert a["dtn_pruned_at"] is not None and b["dtn_pruned_at"] is None
+    assert b["last_error"] == NOTE + "not reported by the prune run"
