@@ -179,3 +179,57 @@ def test_archive_binds_the_cfs_root_and_the_tape_directory(config: Config) -> No
     assert _errors(config, "archive", _mutated(body, ("hpss", "directory"), other_tape)) != []
     other_cfs = str(Path(config.base_dir) / "cfs" / "6.3.1" / "raw")
     assert _errors(config, "archive", _mutated(body, ("cfs_root",), other_cfs)) != []
+
+
+def test_prune_bindings_written_out(config: Config) -> None:
+    """Issue 13 (mutation testing): the prune binding of each (beamline, location), literally:
+    a binding that swapped a root, a collection or a verifier would let a run verify a file
+    against the wrong copy. Without function ids (before the first deploy) the verifier is
+    left open and the rest is still bound."""
+    from dichroism_control.binding import prune_bindings
+
+    tmp = Path(config.base_dir)
+
+    def const(value: str) -> dict[str, str]:
+        return {"const": value}
+
+    def binding(beamline: str, location: str, collection: str, target: str, safe: str) -> Any:
+        verify: dict[str, Any] = {"endpoint_id": const(IDS["nersc"])}
+        verifier = {"compute_dtn": "cfs_verify", "cfs": "hpss_verify"}[location]
+        verify["function_id"] = const(FUNCTIONS[verifier])
+        return {
+            "properties": {
+                "beamline": const(beamline),
+                "location": const(location),
+                "target": {
+                    "properties": {"collection_id": const(collection), "root": const(target)}
+                },
+                "safe": {"properties": {"root": const(safe)}},
+                "verify": {"properties": verify},
+            }
+        }
+
+    expected = []
+    for beamline, number in (("bl402", "4.0.2"), ("bl631", "6.3.1")):
+        cfs = str(tmp / "cfs" / number / "raw")
+        expected += [
+            binding(
+                beamline,
+                "compute_dtn",
+                IDS[f"{beamline}_dtn"],
+                str(tmp / "data" / beamline),
+                cfs,
+            ),
+            binding(
+                beamline,
+                "cfs",
+                IDS[f"{beamline}_cfs"],
+                cfs,
+                f"/home/a/alsdev/data_mover/{number}/{beamline}/raw",
+            ),
+        ]
+    assert prune_bindings(config, FUNCTIONS) == expected
+    unbound = prune_bindings(config, None)
+    assert [b["properties"]["verify"] for b in unbound] == [
+        {"properties": {"endpoint_id": const(IDS["nersc"])}}
+    ] * 4

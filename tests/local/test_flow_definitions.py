@@ -689,3 +689,16 @@ def test_a_flight_step_that_raises_is_recorded_and_the_rest_still_run(
     # The steps after the failing one ran all the same.
     assert len(stubs[TRANSFER].bodies) == 1 and len(stubs[STAT].bodies) == 1
     assert len(stubs[DELETE].bodies) == 2 and len(stubs[COMPUTE].bodies) == 2
+
+
+def test_the_delete_list_holds_file_indices_not_loop_positions() -> None:
+    """Issue 13 (flow mutation `MarkForDelete-appends-pos`, tools/mutate_flow.py): with the
+    first file unverified, the loop's position 0 stands for file 1. A flow that recorded the
+    position would delete file 0 — the one whose safe copy did NOT verify."""
+    files = [prune_file("P1/f0.h5"), prune_file("P1/f1.h5")]
+    stubs = providers(kept=[{"i": 0, "reason": "checksum_differs", "detail": "CFS copy ab12"}])
+    outcome = run("prune", stubs, _prune_input(files))
+    assert outcome.status == "SUCCEEDED", outcome.details
+    assert [b["path"] for b in stubs[STAT].bodies] == ["/data/bl402/P1/f1.h5"]
+    assert outcome.output["check"]["delete"] == [1]
+    assert stubs[DELETE].bodies[0]["DATA"] == [{"path": "/data/bl402/P1/f1.h5"}]
