@@ -333,3 +333,97 @@ def test_versions_record_new_touched_and_unchanged(world: World, tmp_path: Path)
     rows = world.scans("path = ? ORDER BY version", (str(path),))
     assert [(r["version"], r["state"]) for r in rows] == [(1, "superseded"), (2, "detected")]
     assert rows[1]["checksum"] == hashlib.md5(b"two").hexdigest()
+
+
+def test_a_cfs_batch_over_50_archives_is_split_and_a_single_is_minus_one(world: World) -> None:
+    """Issue 13 (mutants of `_create_batches` and `_prune_body` that survived): a CFS
+    prune names at most 50 htar archives (the schema's bound, tools/gen_definitions.py), so
+    51 archives make two batches; each file's `archive` is the index of its archive in
+    that batch's own list, and a file sent alone with hsi is -1."""
+    rels = [f"P1/f{i:02d}.h5" for i in range(52)]
+    _archived(world, rels)
+    tar = _scan(world, rels[0])["tape_path"]
+    hpss = tar.rsplit("/", 1)[0]
+    with world.ledger.transaction() as conn:
+        for i, rel in enumerate(rels[:51]):  # 51 archives, one file each
+            conn.execute(
+                "UPDATE scans SET tape_path = ?, tape_member = ? WHERE rel = ?",
+                (f"{hpss}/x{i:02d}.tar", rel, rel),
+            )
+        conn.execute(  # the last file went alone
+            "UPDATE scans SET tape_path = ?, tape_member = NULL WHERE rel = ?",
+            (f"{hpss}/f51.h5", rels[51]),
+        )
+    world.clock.now = T0 + DAY
+    world.lifecycle().run_once()
+    world.clock.now = T0 + 181 * DAY
+    started = [world.backend.runs[r] for r in world.fire_timers()]
+    bodies = sorted(
+        (r["body"]["input"] for r in started if "cfs" in r["tags"]),
+        key=lambda body: len(body["safe"]["archives"]),
+        reverse=True,
+    )
+    first, second = bodies
+    assert first["safe"]["archives"] == [f"{hpss}/x{i:02d}.tar" for i in range(50)]
+    assert [(f["path"], f["archive"]) for f in first["target"]["files"]] == [
+        (rels[i], i) for i in range(50)
+    ]
+    assert second["safe"]["archives"] == [f"{hpss}/x50.tar"]
+    assert [(f["path"], f["archive"]) for f in second["target"]["files"]] == [
+        (rels[50], 0),
+        (rels[51], -1),
+    ]
+
+
+def test_a_batch_whose_timer_fired_and_is_gone_is_adopted_not_scheduled_again(
+    world: World,
+) -> None:
+    """Issue 13 (mutants of `resolve_scheduling` that survived): a pass died between
+    creating a batch's timer and recording it; by the next pass the timer has fired and is
+    no longer listed. Its run (found by the batch's tag) proves it existed: the pass follows
+    that run for the batch, and no second timer (a second prune run) is created."""
+    _archived(world, ["P1/a.h5"])
+    world.clock.now = T0 + DAY
+    world.lifecycle().run_once()
+    (cfs,) = [b for b in world.batches() if b["location"] == "cfs"]
+    world.clock.now = T0 + 181 * DAY
+    started = world.fire_timers()
+    assert any("cfs" in world.backend.runs[r]["tags"] for r in started)
+    # As if the timer were never recorded, and it is gone from the listing.
+    world.ledger.execute(
+        "UPDATE prune_timers SET state = 'scheduling', timer_id = NULL WHERE batch = ?",
+        (cfs["batch"],),
+    )
+    del world.backend.timers[cfs["timer_id"]]
+    timers_before = len(world.backend.timer_requests)
+    (run,) = [r for r in started if "cfs" in world.backend.runs[r]["tags"]]
+    summary = world.lifecycle().run_once()
+    assert "errors" not in summary
+    assert len(world.backend.timer_requests) == timers_before
+    (after,) = [b for b in world.batches() if b["batch"] == cfs["batch"]]
+    assert after["state"] == "scheduled" and after["run_id"] == run
+    world.finish([run])
+    world.lifecycle().run_once()
+    assert _scan(world, "P1/a.h5")["cfs_pruned_at"] is not None
+    assert len(world.backend.timer_requests) == timers_before
+
+
+def test_a_batch_is_left_for_the_next_pass_when_timers_cannot_be_listed(world: World) -> None:
+    """Issue 13 (`resolve_scheduling`): Timers unreachable while a batch is 'scheduling':
+    never create blind (it may exist); say so and leave the batch for the next pass."""
+    from dichroism_control.errors import BackendError
+
+    _archived(world, ["P1/a.h5"])
+    world.clock.now = T0 + DAY
+    world.lifecycle().run_once()
+    world.ledger.execute("UPDATE prune_timers SET state = 'scheduling'")
+    requests_before = len(world.backend.timer_requests)
+
+    def unreachable() -> Any:
+        raise BackendError("Timers unreachable")
+
+    world.backend.iter_timers = unreachable  # type: ignore[method-assign]
+    summary = world.lifecycle().run_once()
+    assert any(e == "listing timers: Timers unreachable" for e in summary["errors"])
+    assert len(world.backend.timer_requests) == requests_before
+    assert {b["state"] for b in world.batches()} == {"scheduling"}
