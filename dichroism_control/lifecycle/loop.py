@@ -88,7 +88,7 @@ class Lifecycle:
             self.archive_runs.resolve_submitting(listing, summary)
             self.archives.form(summary)
             self.archives.submit(flows, summary, errors)
-            pending = self.prunes.resolve_scheduling(listing, summary, errors)
+            pending = self.prunes.resolve_scheduling(summary, errors)
             pending += self.prunes.form(summary)
             self.prunes.schedule(flows, pending, summary, errors)
             self.flights.ensure(flows, summary, errors)

@@ -91,9 +91,7 @@ class PruneBatches(Step):
         delta = timedelta(seconds=amount) if seconds_mode else timedelta(days=amount)
         return delta, seconds_mode or amount == 0
 
-    def resolve_scheduling(
-        self, listing: Listing, summary: Counter[str], errors: list[str]
-    ) -> list[str]:
+    def resolve_scheduling(self, summary: Counter[str], errors: list[str]) -> list[str]:
         """Batches left in 'scheduling' by an earlier pass: adopt their timer or recreate it.
 
         Returns the batches that still need a timer. A batch whose timer cannot be looked up
@@ -109,17 +107,18 @@ class PruneBatches(Step):
             return []
         pending: list[str] = []
         for row in rows:
+            # A batch whose timer has already fired is not here: `follow`, earlier in this
+            # pass, found its run by the batch's tag and recorded it (even when the timer is
+            # gone from the listing by now).
             timer = timers.get(row["label"])
-            fired = listing.get("tag", batch_tag(row["batch"]))
-            if timer is None and fired is None:
+            if timer is None:
                 pending.append(row["batch"])
                 continue
-            timer_id = timer_id_of(timer) if timer is not None else row["timer_id"]
             with self.ledger.transaction() as conn:
                 conn.execute(
                     "UPDATE prune_timers SET state = 'scheduled', timer_id = ?, last_error = NULL,"
                     " updated_at = ? WHERE batch = ? AND state = 'scheduling'",
-                    (timer_id, self.clock(), row["batch"]),
+                    (timer_id_of(timer), self.clock(), row["batch"]),
                 )
             summary["prune_timers_adopted"] += 1
         return pending

@@ -427,3 +427,24 @@ def test_a_batch_is_left_for_the_next_pass_when_timers_cannot_be_listed(world: W
     assert any(e == "listing timers: Timers unreachable" for e in summary["errors"])
     assert len(world.backend.timer_requests) == requests_before
     assert {b["state"] for b in world.batches()} == {"scheduling"}
+
+
+def test_a_listing_without_the_run_output_reads_the_run_in_full(make_world: Any) -> None:
+    """A listing may carry a run without its output (the SDK's recorded flows.list_runs
+    fixture has no `details.output`); the prune's verdicts are then read with get_run, never
+    guessed from the listing (issue 13: the full read was untested)."""
+    world = make_world(_slow_archive)
+    _transferred(world, ["P1/a.h5", "P1/b.h5"])
+    run = _fire_dtn_prune(world)
+    world.finish([run["run_id"]], **prune_output(safe=[0, 1], delete=[1]))
+    listed = world.backend.iter_runs
+
+    def summaries(**kwargs: Any) -> Any:
+        for doc in listed(**kwargs):
+            yield {**doc, "details": {k: v for k, v in doc["details"].items() if k != "output"}}
+
+    world.backend.iter_runs = summaries  # type: ignore[method-assign]
+    summary = world.lifecycle().run_once()
+    assert summary["pruned_compute_dtn"] == 1
+    assert _scan(world, "P1/a.h5")["dtn_pruned_at"] is None
+    assert _scan(world, "P1/b.h5")["dtn_pruned_at"] is not None
