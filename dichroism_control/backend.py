@@ -85,9 +85,9 @@ class RunRequest:
         }
 
 
-def run_start_time(run: dict[str, Any]) -> float | None:
-    """A run document's start_time as a POSIX timestamp (a naive time is UTC, as in Flows)."""
-    value = run.get("start_time")
+def iso_timestamp(value: Any) -> float | None:
+    """An ISO 8601 time (the services' format) as POSIX seconds; a naive one is UTC, as in
+    Flows; anything else None."""
     if not isinstance(value, str):
         return None
     try:
@@ -97,6 +97,11 @@ def run_start_time(run: dict[str, Any]) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
+
+
+def run_start_time(run: dict[str, Any]) -> float | None:
+    """A run document's start_time as a POSIX timestamp."""
+    return iso_timestamp(run.get("start_time"))
 
 
 class Backend(Protocol):

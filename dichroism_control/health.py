@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from dichroism_control.backend import iso_timestamp
 from dichroism_control.ledger_schema import UNACKNOWLEDGED
 
 if TYPE_CHECKING:
@@ -141,15 +142,7 @@ def timestamp(value: Any) -> float | None:
     """POSIX seconds from a number or an ISO-8601 string (naive: UTC), else None."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
-    return None
+    return iso_timestamp(value)
 
 
 def duration(seconds: float) -> str:

@@ -16,7 +16,8 @@ import typer
 
 if TYPE_CHECKING:
     from dichroism_control.cli.context import Context
-    from dichroism_control.operations.selection import Selector
+    from dichroism_control.ledger import Ledger
+    from dichroism_control.operations.selection import Purpose, Selection, Selector
 
 PathArg = Annotated[
     str | None, typer.Argument(help="A scan's path on this host (its latest version).")
@@ -69,6 +70,17 @@ def _selector(
     return selector
 
 
+def _selected(
+    state: Context, selector: Selector, by: str | None, command: Purpose
+) -> tuple[str, Ledger, Selection]:
+    """Who acts, the ledger, and the failures the selector names."""
+    from dichroism_control.operations.people import who
+    from dichroism_control.operations.selection import select
+
+    ledger = state.ledger()
+    return who(by), ledger, select(state.config(), ledger, selector, command)
+
+
 def retry(
     ctx: typer.Context,
     path: PathArg = None,
@@ -85,14 +97,10 @@ def retry(
     """Re-queue failed scans (the same version), archive groups and prune batches."""
     from dichroism_control.errors import DichroismError
     from dichroism_control.operations import retry as retrying
-    from dichroism_control.operations.people import who
-    from dichroism_control.operations.selection import select
 
     state: Context = ctx.obj
     selector = _selector(path, proposal, beamline, failed, since, batch, group, "retry")
-    actor = who(by)
-    ledger = state.ledger()
-    selection = select(state.config(), ledger, selector, "retry")
+    actor, ledger, selection = _selected(state, selector, by, "retry")
     planned = retrying.plan(ledger, selection, explicit=selector.explicit)
     done = planned if dry_run else retrying.apply(ledger, planned, by=actor)
     if selector.explicit and done.count == 0:
@@ -141,14 +149,11 @@ def ack(
     """Acknowledge failures a person has dealt with (they stay failed, off the alerts)."""
     from dichroism_control.errors import DichroismError
     from dichroism_control.operations import ack as acking
-    from dichroism_control.operations.people import who
-    from dichroism_control.operations.selection import select
 
     state: Context = ctx.obj
     selector = _selector(path, proposal, beamline, failed, since, batch, group, "ack")
-    actor = who(by)
-    ledger = state.ledger()
-    planned = acking.plan(ledger, select(state.config(), ledger, selector, "ack"))
+    actor, ledger, selection = _selected(state, selector, by, "ack")
+    planned = acking.plan(ledger, selection)
     if selector.explicit and not planned.targets and not planned.already:
         raise DichroismError("; ".join(f"{s.what}: {s.reason}" for s in planned.skipped))
     done = planned if dry_run else acking.apply(ledger, planned, by=actor, note=note)
