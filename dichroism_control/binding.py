@@ -204,8 +204,9 @@ def input_validator(
     import jsonschema
 
     from dichroism_control.definitions import load_document
+    from dichroism_control.schema_formats import format_checker
 
     path = config.definitions_path / f"{name}.json"
     schema = specialise(load_document(path, name=name), config, functions=functions).input_schema
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return cls(schema, format_checker=format_checker(cls))

@@ -67,6 +67,16 @@ def _mutated(body: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[st
     return changed
 
 
+@pytest.mark.parametrize("deadline", ["tomorrow", "2026-12-01 00:00:00", "2026-13-01T00:00:00Z"])
+def test_a_deadline_that_is_not_an_rfc3339_date_time_is_refused_before_sending(
+    config: Config, deadline: str
+) -> None:
+    """The doubles refuse it as Flows would (400, `format: date-time`); the launcher's own
+    pre-check must too (jsonschema skips date-time without an optional package)."""
+    body = _mutated(_prune(config), ("deadline",), deadline)
+    assert any("is not a 'date-time'" in e for e in _errors(config, "prune", body))
+
+
 def test_a_prune_cannot_verify_a_file_against_itself(config: Config) -> None:
     body = _prune(config)
     cfs402 = body["input"]["safe"]["root"]

@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from dichroism_control.errors import PermanentBackendError
+from dichroism_control.schema_formats import format_checker
 
 ACTIVE = "ACTIVE"
 INACTIVE = "INACTIVE"
@@ -59,35 +59,6 @@ def check_label(label: str | None) -> None:
         )
 
 
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
-
-
-def _is_rfc3339(value: object) -> bool:
-    if not isinstance(value, str):
-        return True  # formats constrain strings only (JSON Schema validation, 7.1)
-    if not _RFC3339.match(value):
-        return False
-    try:
-        datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        return False
-    return True
-
-
-def _format_checker(cls: Any) -> Any:
-    """The validator class's own format checks plus `date-time`.
-
-    jsonschema only checks `date-time` when the optional rfc3339-validator is installed,
-    which would leave a `"format": "date-time"` silently unchecked here; the JSON Schema
-    meaning (RFC 3339 date-time, with an offset) is checked explicitly instead.
-    """
-    import jsonschema
-
-    checker = jsonschema.FormatChecker(list(cls.FORMAT_CHECKER.checkers))
-    checker.checks("date-time")(_is_rfc3339)
-    return checker
-
-
 InputCheck = Callable[[Any], None]
 
 
@@ -105,7 +76,7 @@ def input_validator(schema: Mapping[str, Any] | None) -> InputCheck:
     import jsonschema
 
     cls = jsonschema.validators.validator_for(schema)
-    validator = cls(schema, format_checker=_format_checker(cls))
+    validator = cls(schema, format_checker=format_checker(cls))
 
     def check(body: Any) -> None:
         errors = sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))
