@@ -23,6 +23,7 @@ import responses
 
 CLIENT_ID = "5e3c6a4f-0000-4000-8000-00000000c1d0"
 CLIENT_SECRET = "s3cret-never-printed"
+NATIVE_ID = "6e0d0c0b-0000-4000-8000-0000000000aa"  # a native app client: `dichroism login`
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 JSON = "application/json"
 
@@ -192,6 +193,41 @@ def client_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GLOBUS_CLIENT_ID", CLIENT_ID)
     monkeypatch.setenv("GLOBUS_CLIENT_SECRET", CLIENT_SECRET)
     monkeypatch.delenv("DICHROISM_CONFIG", raising=False)
+
+
+def person_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A person who logs in (UserApp through the native client), no client secret."""
+    client_env(monkeypatch)
+    monkeypatch.delenv("GLOBUS_CLIENT_ID")
+    monkeypatch.delenv("GLOBUS_CLIENT_SECRET")
+    monkeypatch.setenv("DICHROISM_NATIVE_CLIENT_ID", NATIVE_ID)
+
+
+def store_person_tokens(state_path: Path, identity_id: str, scopes: dict[str, str]) -> None:
+    """What `dichroism login` leaves: refreshable tokens per resource server (scope string
+    each), with the person's identity id."""
+    import time
+
+    from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
+
+    token_dir = state_path / "tokens"
+    token_dir.mkdir(parents=True, exist_ok=True)
+    JSONTokenStorage(
+        token_dir / f"tokens-{NATIVE_ID}.json", namespace=NATIVE_ID
+    ).store_token_data_by_resource_server(
+        {
+            rs: TokenStorageData(
+                resource_server=rs,
+                identity_id=identity_id,
+                scope=scope,
+                access_token=f"token-{rs}",
+                refresh_token=f"refresh-{rs}",
+                expires_at_seconds=int(time.time()) + 86400,
+                token_type="Bearer",
+            )
+            for rs, scope in scopes.items()
+        }
+    )
 
 
 @contextlib.contextmanager

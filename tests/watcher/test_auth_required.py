@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,15 @@ from dichroism_control.config import Config, load_config
 from dichroism_control.deploy_state import Deployment
 from dichroism_control.launcher import Launcher
 from dichroism_control.ledger import Ledger
-from tests.deploy.helpers import client_env, run_cli, started_mock
+from tests.deploy.helpers import (
+    NATIVE_ID,
+    person_env,
+    run_cli,
+    started_mock,
+    store_person_tokens,
+)
 from tests.watcher.conftest import FLOW_ID, pin_ids, write_file
 
-NATIVE_ID = "6e0d0c0b-0000-4000-8000-0000000000aa"
 USER_ID = "8ca28797-3541-4a5d-a264-05b00f91e608"
 FLOWS_SCOPE = "https://auth.globus.org/scopes/eec9b274-0c81-4334-bdc2-54e90e689b9a/all"
 FLOW_SCOPE = f"https://auth.globus.org/scopes/{FLOW_ID}/flow_{FLOW_ID.replace('-', '_')}_user"
@@ -64,10 +68,7 @@ def person(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def user_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[responses.RequestsMock]:
-    client_env(monkeypatch)
-    monkeypatch.delenv("GLOBUS_CLIENT_ID")
-    monkeypatch.delenv("GLOBUS_CLIENT_SECRET")
-    monkeypatch.setenv("DICHROISM_NATIVE_CLIENT_ID", NATIVE_ID)
+    person_env(monkeypatch)
     with started_mock() as mock:
         yield mock
 
@@ -78,27 +79,7 @@ def _no_data_access(data: dict[str, Any]) -> None:
 
 
 def _store_user_tokens(config: Config, scopes: dict[str, str]) -> None:
-    """What `dichroism login` leaves: refreshable tokens with the person's identity id."""
-    from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
-
-    token_dir = config.state_path / "tokens"
-    token_dir.mkdir(parents=True, exist_ok=True)
-    JSONTokenStorage(
-        token_dir / f"tokens-{NATIVE_ID}.json", namespace=NATIVE_ID
-    ).store_token_data_by_resource_server(
-        {
-            rs: TokenStorageData(
-                resource_server=rs,
-                identity_id=USER_ID,
-                scope=scope,
-                access_token=f"token-{rs}",
-                refresh_token=f"refresh-{rs}",
-                expires_at_seconds=int(time.time()) + 86400,
-                token_type="Bearer",
-            )
-            for rs, scope in scopes.items()
-        }
-    )
+    store_person_tokens(config.state_path, USER_ID, scopes)
 
 
 def _launcher(config: Config, ledger: Ledger) -> Launcher:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,17 @@ from globus_sdk.testing import load_response
 
 from dichroism_control.config import Config, load_config
 from dichroism_control.ledger import Identity, Ledger
-from tests.deploy.helpers import CLIENT_ID, FakeGlobus, client_env, run_cli, started_mock
+from tests.deploy.helpers import (
+    CLIENT_ID,
+    FakeGlobus,
+    client_env,
+    person_env,
+    run_cli,
+    started_mock,
+    store_person_tokens,
+)
 from tests.watcher.conftest import FLOW_ID, pin_ids, write_file
 
-NATIVE_ID = "6e0d0c0b-0000-4000-8000-0000000000aa"
 PERSON = "8ca28797-3541-4a5d-a264-05b00f91e608"
 FLOWS_SCOPE = "https://auth.globus.org/scopes/eec9b274-0c81-4334-bdc2-54e90e689b9a/all"
 TIMER_SCOPE = "https://auth.globus.org/scopes/524230d7-ea86-4a52-8312-86065a9e0417/timer"
@@ -45,10 +51,7 @@ def as_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGlobus]:
 @pytest.fixture
 def as_person(monkeypatch: pytest.MonkeyPatch) -> Iterator[responses.RequestsMock]:
     """A person logged in with `dichroism login` (UserApp, refreshable tokens)."""
-    client_env(monkeypatch)
-    monkeypatch.delenv("GLOBUS_CLIENT_ID")
-    monkeypatch.delenv("GLOBUS_CLIENT_SECRET")
-    monkeypatch.setenv("DICHROISM_NATIVE_CLIENT_ID", NATIVE_ID)
+    person_env(monkeypatch)
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     with started_mock() as mock:
         yield mock
@@ -66,26 +69,8 @@ def _config(write_config: Callable[..., Path], *, all_flows: bool = False) -> tu
 
 
 def _person_tokens(config: Config) -> None:
-    from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
-
-    token_dir = config.state_path / "tokens"
-    token_dir.mkdir(parents=True, exist_ok=True)
-    JSONTokenStorage(
-        token_dir / f"tokens-{NATIVE_ID}.json", namespace=NATIVE_ID
-    ).store_token_data_by_resource_server(
-        {
-            rs: TokenStorageData(
-                resource_server=rs,
-                identity_id=PERSON,
-                scope=scope,
-                access_token=f"token-{rs}",
-                refresh_token=f"refresh-{rs}",
-                expires_at_seconds=int(time.time()) + 86400,
-                token_type="Bearer",
-            )
-            for rs, scope in {"flows.globus.org": FLOWS_SCOPE, TIMERS_RS: TIMER_SCOPE}.items()
-        }
-    )
+    scopes = {"flows.globus.org": FLOWS_SCOPE, TIMERS_RS: TIMER_SCOPE}
+    store_person_tokens(config.state_path, PERSON, scopes)
 
 
 def test_the_identity_that_starts_the_first_run_owns_the_ledger(
